@@ -1,0 +1,1 @@
+"""Activities: every side effect of a campaign (LLMs, patching, packaging, storage, training, MLflow)."""

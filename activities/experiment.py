@@ -1,0 +1,128 @@
+"""The ``run_experiment`` Temporal activity: devices, heartbeats, cancellation and shutdown around the runner.
+
+Idea failures are results (``RunResult`` with status ``failed``). Raised errors are for Temporal:
+a bad request (unknown env/profile, impossible device count) is non-retryable; storage problems, a failing
+prepare_command and worker shutdown are retryable, and a retry resumes from the last heartbeated checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.runner import ExperimentRunner, RunCancelled
+from activities.storage import ObjectStore
+from ideaforge.config import Settings
+from ideaforge.models import Progress, RunRequest, RunResult
+from ideaforge.names import RUN_EXPERIMENT
+from research_envs.registry import EnvError
+from workers.devices import DevicePool
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_EVERY_S = 5.0
+
+
+def resume_point(details: Sequence[Any]) -> Progress | None:
+    """The last heartbeat of a previous attempt (a plain dict after the round trip), or None."""
+    if not details:
+        return None
+    last = details[-1]
+    try:
+        return last if isinstance(last, Progress) else Progress.model_validate(last)
+    except ValidationError as e:
+        log.warning("ignoring unreadable heartbeat details from a previous attempt: %s", e)
+        return None
+
+
+class ExperimentActivities:
+    """Holds the runner and the worker's device pool; ``run_experiment`` is the activity."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: ObjectStore,
+        devices: DevicePool,
+        runner: ExperimentRunner | None = None,
+        heartbeat_every_s: float = HEARTBEAT_EVERY_S,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.devices = devices
+        self.runner = runner or ExperimentRunner(settings, store)
+        self.heartbeat_every_s = heartbeat_every_s
+
+    @activity.defn(name=RUN_EXPERIMENT)
+    async def run_experiment(self, req: RunRequest) -> RunResult:
+        """Train and evaluate ``req.code`` on this worker; see the module docstring for what raises."""
+        info = activity.info()
+        resume = resume_point(info.heartbeat_details)
+        if resume is not None:
+            log.info("%s attempt %d resumes from %s", req.idea_id, info.attempt, resume)
+        latest = [resume or Progress()]
+
+        def beat(p: Progress) -> None:
+            latest[0] = p
+            activity.heartbeat(p)
+
+        async def keep_beating() -> None:  # cancellation reaches an activity only through heartbeats
+            while True:
+                activity.heartbeat(latest[0])
+                await asyncio.sleep(self.heartbeat_every_s)
+
+        stop = threading.Event()
+        shutting_down = threading.Event()
+
+        async def watch_shutdown() -> None:
+            await activity.wait_for_worker_shutdown()
+            log.warning(
+                "%s: worker shutting down; stopping training (last checkpoint: step %s)",
+                req.idea_id,
+                latest[0].checkpoint_step,
+            )
+            shutting_down.set()
+            stop.set()
+
+        tasks = [asyncio.create_task(keep_beating()), asyncio.create_task(watch_shutdown())]
+        ids: list[int] | None = None
+        try:
+            try:
+                count = self.runner.load(req.env).spec.resources.count
+                ids = await self.devices.acquire(count)
+                started = time.time()
+                result = await self.runner.run(
+                    req, heartbeat=beat, resume=resume, cancel_event=stop, device_ids=ids
+                )
+                return result.model_copy(update={"started_at": started, "finished_at": time.time()})
+            except (EnvError, ValueError, ValidationError) as e:
+                raise ApplicationError(str(e), type=type(e).__name__, non_retryable=True) from e
+            except RunCancelled as e:
+                activity.heartbeat(latest[0])  # the retry resumes from this checkpoint
+                if shutting_down.is_set():
+                    raise ApplicationError(
+                        f"worker shut down during {req.idea_id}; retry resumes from step {latest[0].checkpoint_step}",
+                        type="WorkerShutdown",
+                    ) from e
+                raise asyncio.CancelledError() from e
+            except Exception:
+                activity.heartbeat(
+                    latest[0]
+                )  # infrastructure error: Temporal retries from the last checkpoint
+                raise
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+            if ids is not None:
+                await self.devices.release(ids)

@@ -1,0 +1,513 @@
+"""Contracts that cross a process boundary: Temporal payloads, env specs, campaign configs.
+
+Everything here is a pydantic v2 model and must stay importable from workflow code: stdlib + pydantic only.
+Large things (diffs over a few KB, logs, zips, checkpoints) travel as ``ArtifactRef`` (claim-check).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Direction = Literal["min", "max"]
+ProviderKind = Literal["offline", "anthropic", "openai", "openai-compatible"]
+Strategy = Literal["evolution", "best_of_n", "random"]
+Origin = Literal["baseline", "explore", "exploit", "human", "confirm"]
+IdeaStatus = Literal["ok", "failed"]
+FailureCategory = Literal[
+    "patch_failed",
+    "protected_file_touched",
+    "crashed",
+    "timeout",
+    "nan",
+    "eval_failed",
+    "implausible_metric",
+    "output_limit",
+    "llm_failed",
+    "budget_exhausted",
+]
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class Strict(BaseModel):
+    """Base for contracts: unknown fields are errors, so typos in configs fail loudly."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------- artifacts
+
+
+class ArtifactRef(Strict):
+    """A content-addressed object in the artifact store (file:// or s3://)."""
+
+    uri: str
+    sha256: str
+    size: int
+
+
+# --------------------------------------------------------------------------- research environments
+
+
+class Resources(Strict):
+    """What one experiment needs; decides the task queue it is scheduled on."""
+
+    device: Literal["cpu", "gpu"] = "cpu"
+    gpu_type: str | None = None
+    count: int = Field(1, ge=1, le=64)
+    time_limit_s: float = Field(600, gt=0)
+    cpu_time_limit_s: float | None = None
+    memory_limit_mb: int | None = None
+    max_output_mb: float = Field(20, gt=0)
+
+    @model_validator(mode="after")
+    def _gpu_needs_type(self) -> Resources:
+        if self.device == "gpu" and not self.gpu_type:
+            raise ValueError("resources.device = 'gpu' needs resources.gpu_type (e.g. 'h100')")
+        return self
+
+    @property
+    def task_queue(self) -> str:
+        return training_queue(self.device, self.gpu_type)
+
+
+def training_queue(device: str, gpu_type: str | None = None) -> str:
+    """Task queue name for a training worker: ``cpu-train`` or ``gpu-<type>``."""
+    return "cpu-train" if device == "cpu" else f"gpu-{(gpu_type or 'any').lower()}"
+
+
+class SearchReplace(Strict):
+    """One exact-text edit of one file (also the offline implementer's edit format)."""
+
+    file: str
+    search: str
+    replace: str
+
+
+class Knob(Strict):
+    """A hyperparameter the offline ideator may change: ``pattern`` is a regex whose group 1 is the value."""
+
+    name: str
+    file: str
+    pattern: str
+    values: list[float | int | str]
+    text: str = "Set {name} to {value}."
+
+
+class Variant(Strict):
+    """A code variant the offline ideator may propose: a description plus exact edits."""
+
+    name: str
+    title: str
+    text: str
+    edits: list[SearchReplace]
+    conflicts: list[str] = Field(default_factory=list)
+
+
+class OfflineCatalogue(Strict):
+    knobs: list[Knob] = Field(default_factory=list)
+    variants: list[Variant] = Field(default_factory=list)
+
+
+class Reward(Strict):
+    """Reward for RL export: improvement over the baseline, scaled; failures get ``failure_reward``."""
+
+    scale: float = 1.0
+    failure_reward: float = -1.0
+    clip: float = 10.0
+
+
+class EnvSpec(Strict):
+    """A research environment: ``research_envs/<name>/env.toml`` plus ``baseline/``."""
+
+    name: str
+    description: str
+    editable_files: list[str]
+    protected_files: list[str]
+    run_command: list[str]
+    eval_command: list[str]
+    prepare_command: list[str] | None = None
+    metric: str
+    direction: Direction
+    plausible_range: tuple[float, float]
+    resources: Resources = Field(default_factory=Resources)
+    profiles: dict[str, dict[str, str]] = Field(default_factory=lambda: {"default": {}})
+    reward: Reward = Field(default_factory=Reward)
+    checkpointing: bool = False
+    seed_noise: float | None = None
+    offline: OfflineCatalogue = Field(default_factory=OfflineCatalogue)
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError(f"env name {v!r} must match {NAME_RE.pattern}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EnvSpec:
+        overlap = set(self.editable_files) & set(self.protected_files)
+        if overlap:
+            raise ValueError(f"files both editable and protected: {sorted(overlap)}")
+        if "default" not in self.profiles:
+            raise ValueError("profiles must define 'default'")
+        lo, hi = self.plausible_range
+        if not lo < hi:
+            raise ValueError(
+                f"plausible_range must be (low, high) with low < high, got {self.plausible_range}"
+            )
+        if not self.run_command or not self.eval_command:
+            raise ValueError("run_command and eval_command must not be empty")
+        return self
+
+    def better(self, a: float, b: float) -> bool:
+        """True when metric ``a`` is strictly better than ``b``."""
+        return a < b if self.direction == "min" else a > b
+
+
+# --------------------------------------------------------------------------- LLM providers and usage
+
+
+class ProviderConfig(Strict):
+    """Which model proposes ideas or diffs. Keys come only from the environment (``api_key_env``)."""
+
+    kind: ProviderKind = "offline"
+    model: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+    temperature: float = Field(0.8, ge=0, le=2)
+    max_tokens: int = Field(4096, ge=16)
+    concurrency: int = Field(4, ge=1, le=64)
+    requests_per_minute: float | None = Field(None, gt=0)
+    max_retries: int = Field(3, ge=0, le=10)
+    timeout_s: float = Field(120, gt=0)
+    price_in_per_mtok: float | None = None
+    price_out_per_mtok: float | None = None
+
+
+class Usage(Strict):
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            calls=self.calls + other.calls,
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cost_usd=self.cost_usd + other.cost_usd,
+        )
+
+
+# --------------------------------------------------------------------------- campaign config
+
+
+class SearchConfig(Strict):
+    strategy: Strategy = "evolution"
+    exploit_start: float = Field(0.3, ge=0, le=1)
+    exploit_end: float = Field(0.8, ge=0, le=1)
+    parents: int = Field(4, ge=1, le=64)
+
+
+class CampaignConfig(Strict):
+    """What ``ideaforge start`` reads from a TOML file and/or flags."""
+
+    name: str
+    env: str
+    epochs: int = Field(2, ge=1, le=1000)
+    ideas_per_epoch: int = Field(4, ge=1, le=1000)
+    seed: int = 0
+    profile: str = "default"
+    ideator: ProviderConfig = Field(default_factory=ProviderConfig)
+    implementer: ProviderConfig | None = None
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    max_revisions: int = Field(2, ge=0, le=2)
+    parallel_samples: int = Field(1, ge=1, le=8)
+    run_baseline: bool = True
+    confirm_top_k: int = Field(0, ge=0, le=16)
+    confirm_seeds: int = Field(2, ge=1, le=16)
+    budget_usd: float | None = Field(None, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError(f"campaign name {v!r} must be lowercase letters, digits, '-' or '_' (max 63)")
+        return v
+
+    @property
+    def implementer_provider(self) -> ProviderConfig:
+        return self.implementer or self.ideator
+
+    @property
+    def workflow_id(self) -> str:
+        return campaign_workflow_id(self.name)
+
+
+def campaign_workflow_id(name: str) -> str:
+    return f"campaign-{name}"
+
+
+def idea_id(campaign: str, epoch: int, index: int) -> str:
+    """Deterministic idea id, also the child workflow id: ``campaign-<name>/e<NNN>/i<KK>``."""
+    return f"{campaign_workflow_id(campaign)}/e{epoch:03d}/i{index:02d}"
+
+
+# --------------------------------------------------------------------------- ideas and results
+
+
+class Mutation(Strict):
+    """Machine-readable part of an offline idea: a knob value or a variant name."""
+
+    op: str
+    value: float | int | str | None = None
+
+
+class Idea(Strict):
+    idea_id: str
+    epoch: int
+    index: int
+    title: str
+    text: str
+    origin: Origin = "explore"
+    parent_ids: list[str] = Field(default_factory=list)
+    recipe: list[Mutation] | None = None
+    seed: int = 0
+    code_from: str | None = None  # confirm runs re-use the code of this idea
+
+
+class IdeaSummary(Strict):
+    """Compact record of an executed idea kept in campaign state (for selection, dedup and prompts)."""
+
+    idea_id: str
+    epoch: int
+    title: str
+    text: str
+    origin: Origin
+    parent_ids: list[str] = Field(default_factory=list)
+    recipe: list[Mutation] | None = None
+    status: IdeaStatus
+    category: FailureCategory | None = None
+    metric: float | None = None
+    reward: float | None = None
+    seed: int = 0
+    code: ArtifactRef | None = None
+    diff: ArtifactRef | None = None
+    confirmed_metrics: list[float] = Field(default_factory=list)
+
+
+class CurvePoint(Strict):
+    step: int
+    value: float
+    key: str = "train_loss"
+
+
+class Progress(Strict):
+    """Heartbeat details of a running experiment (come back as dicts: re-validate)."""
+
+    step: int = 0
+    loss: float | None = None
+    elapsed_s: float = 0.0
+    checkpoint: ArtifactRef | None = None
+    checkpoint_step: int | None = None
+
+
+# --------------------------------------------------------------------------- activity payloads
+
+
+class IdeateRequest(Strict):
+    campaign: str
+    env: str
+    epoch: int
+    n: int
+    seed: int
+    provider: ProviderConfig
+    strategy: Strategy = "evolution"
+    exploit_share: float = 0.0
+    parents: list[IdeaSummary] = Field(default_factory=list)
+    archive: list[IdeaSummary] = Field(default_factory=list)
+    baseline_metric: float | None = None
+    human_ideas: list[str] = Field(default_factory=list)
+
+
+class IdeateResult(Strict):
+    ideas: list[Idea]
+    usage: Usage = Field(default_factory=Usage)
+    rejected_duplicates: int = 0
+    errors: list[str] = Field(default_factory=list)
+    transcript: ArtifactRef | None = None
+
+
+class ImplementRequest(Strict):
+    campaign: str
+    env: str
+    idea: Idea
+    provider: ProviderConfig
+    revision: int = 0
+    parallel_samples: int = 1
+    previous_diff: ArtifactRef | None = None
+    previous_error: str | None = None
+    parent_diff: ArtifactRef | None = None
+
+
+class Implementation(Strict):
+    """Result of one implement attempt: a diff that applies, or the reason it does not."""
+
+    diff: ArtifactRef | None = None
+    applies: bool = False
+    error: str | None = None
+    category: FailureCategory | None = None
+    touched_files: list[str] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    transcript: ArtifactRef | None = None
+
+
+class PackageRequest(Strict):
+    env: str
+    diff: ArtifactRef | None = None
+
+
+class Package(Strict):
+    code: ArtifactRef
+    files: int
+
+
+class RunRequest(Strict):
+    campaign: str
+    idea_id: str
+    env: str
+    code: ArtifactRef
+    profile: str = "default"
+    seed: int = 0
+
+
+class RunResult(Strict):
+    status: IdeaStatus
+    category: FailureCategory | None = None
+    metric: float | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    error: str | None = None
+    curve: list[CurvePoint] = Field(default_factory=list)
+    log: ArtifactRef | None = None
+    wall_s: float = 0.0
+    train_s: float = 0.0
+    eval_s: float = 0.0
+    resumed_from_step: int | None = None
+    worker: str | None = None
+    device: str | None = None
+    started_at: float = 0.0  # unix time the activity attempt began (orchestration benchmarks)
+    finished_at: float = 0.0
+
+
+class IdeaInput(Strict):
+    campaign: str
+    spec: EnvSpec
+    idea: Idea
+    profile: str = "default"
+    implementer: ProviderConfig = Field(default_factory=ProviderConfig)
+    max_revisions: int = 2
+    parallel_samples: int = 1
+    parent_diff: ArtifactRef | None = None
+    reuse_code: ArtifactRef | None = None
+    reuse_diff: ArtifactRef | None = None
+    epoch_run_id: str | None = None
+    experiment: str
+    baseline_metric: float | None = None
+
+
+class IdeaOutcome(Strict):
+    summary: IdeaSummary
+    revisions: int = 0
+    usage: Usage = Field(default_factory=Usage)
+    mlflow_run_id: str | None = None
+    run: RunResult | None = None
+    error: str | None = None
+    orchestration_s: float = 0.0
+
+
+class RecordIdeaRequest(Strict):
+    experiment: str
+    campaign: str
+    epoch_run_id: str | None
+    idea: Idea
+    outcome: IdeaOutcome
+    workflow_id: str
+    run_id: str
+    env: str
+    profile: str = "default"
+    transcript: ArtifactRef | None = None  # the implementer's transcript, uploaded with the idea run
+
+
+class RecordEpochRequest(Strict):
+    experiment: str
+    campaign: str
+    env: str
+    epoch: int
+    workflow_id: str
+    config: dict[str, Any] = Field(default_factory=dict)
+    summary: dict[str, float] | None = None
+    run_id: str | None = None
+
+
+class RecordResult(Strict):
+    run_id: str
+    experiment_id: str
+
+
+class SaveStateRequest(Strict):
+    campaign: str
+    state_json: str
+
+
+# --------------------------------------------------------------------------- workflow state
+
+
+class CampaignState(Strict):
+    """Carried across continue-as-new and stored after every epoch so ``resume`` can restart from it."""
+
+    next_epoch: int = 0
+    archive: list[IdeaSummary] = Field(default_factory=list)
+    baseline_metric: float | None = None
+    usage: Usage = Field(default_factory=Usage)
+    pending_human_ideas: list[str] = Field(default_factory=list)
+    paused: bool = False
+    budget_exhausted: bool = False
+    epoch_bests: list[float | None] = Field(default_factory=list)
+
+
+class CampaignInput(Strict):
+    config: CampaignConfig
+    state: CampaignState = Field(default_factory=CampaignState)
+
+
+class CampaignStatus(Strict):
+    name: str
+    env: str
+    phase: str
+    epoch: int
+    epochs: int
+    paused: bool
+    ideas_done: int
+    ideas_ok: int
+    ideas_failed: int
+    ideas_running: int
+    best_metric: float | None
+    best_idea: str | None
+    baseline_metric: float | None
+    direction: Direction | None = None
+    usage: Usage = Field(default_factory=Usage)
+    epoch_bests: list[float | None] = Field(default_factory=list)
+
+
+class CampaignResult(Strict):
+    name: str
+    epochs_completed: int
+    best: IdeaSummary | None
+    baseline_metric: float | None
+    archive: list[IdeaSummary]
+    usage: Usage
+    stopped_reason: str = "completed"

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Install (if needed) and run a real 2-epoch x 4-idea campaign on the CPU pre-training env with the embedded
+# offline ideator: no API keys, no docker, no GPU. Watch it in the Temporal UI and the MLflow UI (URLs printed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash ops/install.sh
+exec .venv/bin/ideaforge start --config examples/quickstart.toml "$@"

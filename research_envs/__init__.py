@@ -1,0 +1,1 @@
+"""Research environments: one folder each with ``env.toml``, ``baseline/`` and a locked evaluator."""

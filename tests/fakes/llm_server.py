@@ -1,0 +1,398 @@
+"""Loopback fake of the Anthropic Messages API and the OpenAI chat-completions API, for tests.
+
+Usage::
+
+    with FakeLLMServer() as srv:                       # starts on 127.0.0.1:<free port> in a thread
+        srv.push_text('{"ideas": []}')                 # scripted replies, served in arrival order
+        srv.push_error(429, retry_after_ms=10)         # a rate limit with a retry-after-ms header
+        srv.push_error(500)
+        srv.push_text("...", delay=0.3, input_tokens=100, output_tokens=20)
+        ProviderConfig(kind="anthropic", base_url=srv.anthropic_base_url, ...)   # no /v1
+        ProviderConfig(kind="openai", base_url=srv.openai_base_url, ...)         # ends in /v1
+        srv.requests    # list[RecordedRequest]: path, headers (lower-case names), parsed JSON body
+        srv.max_inflight  # most requests in flight at once
+
+``write_tiny_env(root)`` writes and loads a two-file research env (``train.py`` editable, ``evaluate.py``
+protected) for ideator/implementer tests.
+
+Endpoints: ``POST /v1/messages`` (Anthropic) and ``POST /v1/chat/completions`` (OpenAI and compatible).
+Anything else answers 404. Replies use the API's own JSON shape, with ``usage`` token counts (given, or
+estimated as characters / 4).
+
+When the script queue is empty the server answers in **smart mode** (``smart=True``, the default; with
+``smart=False`` an empty queue answers HTTP 500 "fake script exhausted"):
+
+- an ideation prompt (system prompt mentions ``"ideas"``) gets ``{"ideas": [...]}`` with as many distinct ideas
+  as the prompt asks for (``Return exactly N ideas: K that improve`` in ideaforge's prompt), the first K citing
+  the parent ids found as ``[id: ...]`` in the prompt;
+- an implementation prompt (system prompt mentions ``<<<<<<< SEARCH``) gets one SEARCH/REPLACE block for the
+  files shown as ``<file path="...">...</file>``: it scales the first float assignment (``NAME = 0.01``, occurring
+  once in its file; factor 0.8, 0.5, 1.25, 0.9 or 1.1 by request count), else adds a comment after the first
+  unique line of the first file.
+  ``implement_fn(path, content, prompt) -> str`` replaces that behaviour (return the whole reply text).
+
+The server never logs request headers; tests read them from ``requests`` to check the key was sent.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class FakeReply:
+    """One scripted reply: a completion text, or an HTTP error, or a raw body."""
+
+    text: str | None = None
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    raw_body: str | None = None
+    delay: float = 0.0
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+@dataclass
+class RecordedRequest:
+    path: str
+    headers: dict[str, str]
+    body: dict
+    api: str  # "anthropic" | "openai"
+
+    @property
+    def system(self) -> str:
+        if self.api == "anthropic":
+            s = self.body.get("system", "")
+            return s if isinstance(s, str) else " ".join(b.get("text", "") for b in s)
+        return "\n".join(m["content"] for m in self.body.get("messages", []) if m.get("role") == "system")
+
+    @property
+    def prompt(self) -> str:
+        """All user/assistant message text, joined."""
+        out = []
+        for m in self.body.get("messages", []):
+            if m.get("role") == "system":
+                continue
+            c = m.get("content", "")
+            out.append(c if isinstance(c, str) else " ".join(b.get("text", "") for b in c))
+        return "\n".join(out)
+
+
+_WORDS = (
+    "warmup cosine schedule decay momentum dropout residual scaling gating attention heads rotary embedding "
+    "normalisation rms layer weight tying gradient clipping batch curriculum label smoothing mixture experts "
+    "sparse dense kernel width depth adaptive optimizer adam lion muon nesterov ema averaging init orthogonal "
+    "spectral temperature sampling entropy bonus reward shaping baseline variance advantage clipping ratio "
+    "tokenizer context window sliding local global memory cache prefix bias alibi relative absolute position"
+).split()
+
+
+class FakeLLMServer:
+    """Scripted + smart fake LLM HTTP server on 127.0.0.1 (see module docstring)."""
+
+    def __init__(
+        self, smart: bool = True, implement_fn: Callable[[str, str, str], str] | None = None
+    ) -> None:
+        self.smart = smart
+        self.implement_fn = implement_fn
+        self.requests: list[RecordedRequest] = []
+        self._queue: deque[FakeReply] = deque()
+        self._lock = threading.Lock()
+        self._counter = 0
+        self.inflight = 0
+        self.max_inflight = 0  # most requests handled at the same time (to check concurrency limits)
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+
+    def start(self) -> FakeLLMServer:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - silence stderr
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802
+                server._handle(self)
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    def __enter__(self) -> FakeLLMServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._httpd, "server not started"
+        return self._httpd.server_address[1]
+
+    @property
+    def anthropic_base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def openai_base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def base_url(self, kind: str) -> str:
+        """base_url for a ProviderConfig of ``kind`` (anthropic / openai / openai-compatible)."""
+        return self.anthropic_base_url if kind == "anthropic" else self.openai_base_url
+
+    # -- script -----------------------------------------------------------------------------------------
+
+    def push(self, reply: FakeReply) -> None:
+        with self._lock:
+            self._queue.append(reply)
+
+    def push_text(self, text: str, **kw: object) -> None:
+        self.push(FakeReply(text=text, **kw))  # type: ignore[arg-type]
+
+    def push_error(
+        self,
+        status: int,
+        retry_after: float | None = None,
+        retry_after_ms: int | None = None,
+        message: str = "fake error",
+        delay: float = 0.0,
+    ) -> None:
+        headers = {}
+        if retry_after is not None:
+            headers["retry-after"] = str(retry_after)
+        if retry_after_ms is not None:
+            headers["retry-after-ms"] = str(retry_after_ms)
+        self.push(FakeReply(status=status, headers=headers, raw_body=message, delay=delay))
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._queue)
+
+    # -- serving ----------------------------------------------------------------------------------------
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        path = h.path.split("?", 1)[0]
+        length = int(h.headers.get("content-length") or 0)
+        raw = h.rfile.read(length) if length else b""
+        api = {"/v1/messages": "anthropic", "/v1/chat/completions": "openai"}.get(path)
+        if api is None:
+            self._send(h, 404, {"error": {"message": f"no route {path}"}})
+            return
+        try:
+            body = json.loads(raw or b"{}")
+        except json.JSONDecodeError:
+            self._send(h, 400, {"error": {"message": "request body is not JSON"}})
+            return
+        req = RecordedRequest(
+            path=path, headers={k.lower(): v for k, v in h.headers.items()}, body=body, api=api
+        )
+        with self._lock:
+            self.requests.append(req)
+            reply = self._queue.popleft() if self._queue else None
+        if reply is None:
+            reply = (
+                self._smart(req) if self.smart else FakeReply(status=500, raw_body="fake script exhausted")
+            )
+        with self._lock:
+            self.inflight += 1
+            self.max_inflight = max(self.max_inflight, self.inflight)
+        try:
+            time.sleep(max(reply.delay, 0.02))  # let concurrent requests overlap measurably
+        finally:
+            with self._lock:
+                self.inflight -= 1
+        if reply.status != 200:
+            self._send(h, reply.status, self._error_body(api, reply), reply.headers)
+            return
+        if reply.raw_body is not None:
+            self._send_raw(h, 200, reply.raw_body.encode(), reply.headers)
+            return
+        text = reply.text or ""
+        tin = (
+            reply.input_tokens if reply.input_tokens is not None else (len(req.system) + len(req.prompt)) // 4
+        )
+        tout = reply.output_tokens if reply.output_tokens is not None else max(1, len(text) // 4)
+        model = body.get("model", "fake-model")
+        if api == "anthropic":
+            out = {
+                "id": f"msg_fake{len(self.requests)}",
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [{"type": "text", "text": text}],
+                "stop_reason": "end_turn",
+                "stop_sequence": None,
+                "usage": {"input_tokens": tin, "output_tokens": tout},
+            }
+        else:
+            out = {
+                "id": f"chatcmpl-fake{len(self.requests)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                ],
+                "usage": {"prompt_tokens": tin, "completion_tokens": tout, "total_tokens": tin + tout},
+            }
+        self._send(h, 200, out, reply.headers)
+
+    @staticmethod
+    def _error_body(api: str, reply: FakeReply) -> dict:
+        kind = {429: "rate_limit_error", 401: "authentication_error"}.get(reply.status, "api_error")
+        msg = reply.raw_body or "fake error"
+        if api == "anthropic":
+            return {"type": "error", "error": {"type": kind, "message": msg}}
+        return {"error": {"message": msg, "type": kind, "code": None}}
+
+    def _send(self, h: BaseHTTPRequestHandler, status: int, obj: dict, headers: dict | None = None) -> None:
+        self._send_raw(h, status, json.dumps(obj).encode(), headers, "application/json")
+
+    @staticmethod
+    def _send_raw(
+        h: BaseHTTPRequestHandler,
+        status: int,
+        data: bytes,
+        headers: dict | None = None,
+        ctype: str = "application/json",
+    ) -> None:
+        h.send_response(status)
+        h.send_header("content-type", ctype)
+        h.send_header("content-length", str(len(data)))
+        for k, v in (headers or {}).items():
+            h.send_header(k, v)
+        h.end_headers()
+        h.wfile.write(data)
+
+    # -- smart mode -------------------------------------------------------------------------------------
+
+    def _smart(self, req: RecordedRequest) -> FakeReply:
+        with self._lock:
+            self._counter += 1
+            counter = self._counter
+        if "<<<<<<< SEARCH" in req.system:
+            return FakeReply(text=self._smart_implement(req.prompt, counter))
+        if '"ideas"' in req.system or '"ideas"' in req.prompt:
+            return FakeReply(text=self._smart_ideas(req.prompt, counter))
+        return FakeReply(text="I am a fake model.")
+
+    @staticmethod
+    def _smart_ideas(prompt: str, counter: int) -> str:
+        m = re.search(r"exactly (\d+) ideas?(?:: (\d+) that improve)?", prompt)
+        n = int(m.group(1)) if m else 3
+        k = int(m.group(2)) if m and m.group(2) else 0
+        parents = re.findall(r"\[id: ([^\]]+)\]", prompt)
+        rng = random.Random(counter)
+        ideas = []
+        for i in range(n):
+            words = rng.sample(_WORDS, 10)
+            tag = f"{counter}-{i}"
+            ideas.append(
+                {
+                    "title": f"Fake idea {tag}: {words[0]} {words[1]}",
+                    "description": f"Try {' '.join(words)} (variant {tag}).",
+                    "parent_ids": [parents[i % len(parents)]] if parents and i < k else [],
+                }
+            )
+        return json.dumps({"ideas": ideas})
+
+    def _smart_implement(self, prompt: str, counter: int = 0) -> str:
+        files = re.findall(r'<file path="([^"]+)">\n(.*?)</file>', prompt, re.S)
+        if not files:
+            return "I cannot see any file to edit."
+        if self.implement_fn:
+            return self.implement_fn(files[0][0], files[0][1], prompt)
+        factor = (0.8, 0.5, 1.25, 0.9, 1.1)[counter % 5]
+        for path, content in files:
+            lines = content.splitlines()
+            for line in lines:
+                m = _FLOAT_RE.match(line)
+                if m and lines.count(line) == 1:
+                    new = f"{m.group(1)}{float(m.group(2)) * factor:.6g}{m.group(3)}"
+                    return _block(path, line, new)
+        path, content = files[0]
+        lines = content.splitlines()
+        for line in lines:
+            if line.strip() and lines.count(line) == 1 and not line.rstrip().endswith("\\"):
+                return _block(path, line, line + "\n# fake implementer was here")
+        return "No unique line to edit."
+
+
+_FLOAT_RE = re.compile(
+    r"^(\s*[A-Za-z_][\w.]*\s*=\s*)(\d+\.\d*(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+)(\s*(?:#.*)?)$"
+)
+
+
+def _block(path: str, search: str, replace: str) -> str:
+    return f"Here is the change.\n\n{path}\n```python\n<<<<<<< SEARCH\n{search}\n=======\n{replace}\n>>>>>>> REPLACE\n```\n"
+
+
+TINY_TRAIN = """\"\"\"Tiny env for LLM tests: gradient descent on a quadratic.\"\"\"
+
+LR = 0.1
+STEPS = 20
+
+
+def loss(x: float) -> float:
+    return (x - 3.0) ** 2
+
+
+def main() -> None:
+    x = 0.0
+    for _ in range(STEPS):
+        x -= LR * 2 * (x - 3.0)
+    print(loss(x))
+
+
+if __name__ == "__main__":
+    main()
+"""
+
+TINY_EVAL = """\"\"\"Locked evaluator.\"\"\"
+
+print("eval")
+"""
+
+
+def write_tiny_env(root):
+    """Create ``root/tiny_llm`` (env.toml + baseline/) and return the loaded ResearchEnv."""
+    from pathlib import Path
+
+    from research_envs.registry import load_env_folder
+
+    folder = Path(root) / "tiny_llm"
+    (folder / "baseline").mkdir(parents=True, exist_ok=True)
+    (folder / "baseline" / "train.py").write_text(TINY_TRAIN)
+    (folder / "baseline" / "evaluate.py").write_text(TINY_EVAL)
+    (folder / "env.toml").write_text(
+        'name = "tiny_llm"\n'
+        'description = "Minimise the final loss of gradient descent on a quadratic."\n'
+        'editable_files = ["train.py"]\nprotected_files = ["evaluate.py"]\n'
+        'run_command = ["{python}", "train.py"]\neval_command = ["{python}", "evaluate.py"]\n'
+        'metric = "loss"\ndirection = "min"\nplausible_range = [0.0, 100.0]\n'
+    )
+    return load_env_folder(folder)

@@ -1,0 +1,1 @@
+"""Worker processes: orchestrator + CPU worker, training workers (slots = GPUs or CPU slots)."""

@@ -1,0 +1,142 @@
+"""Worker process: the orchestrator (workflows), the `cpu` activity queue and training queues.
+
+    python -m workers.main [--queues orchestrator,cpu,cpu-train] [--slots N] [--gpu-type h100]
+
+A training queue (``cpu-train`` or ``gpu-<type>``) runs at most ``slots`` experiments at once; on a GPU machine
+the slots default to the number of GPUs and each experiment gets its own ``CUDA_VISIBLE_DEVICES``. SIGTERM or
+SIGINT shuts down gracefully: running experiments are asked to checkpoint and are handed back to Temporal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Worker
+
+from activities.campaign_activities import CampaignActivities
+from activities.experiment import ExperimentActivities
+from activities.storage import open_store
+from ideaforge import names
+from ideaforge.config import Settings
+from ideaforge.models import training_queue
+from workers.devices import DevicePool, detect_gpus
+from workflows.campaign import CampaignWorkflow
+from workflows.idea import IdeaWorkflow
+
+log = logging.getLogger("ideaforge.worker")
+
+DEFAULT_QUEUES = f"{names.ORCHESTRATOR_QUEUE},{names.CPU_QUEUE},{training_queue('cpu')}"
+GRACEFUL_SHUTDOWN_S = 120
+
+
+async def connect(settings: Settings) -> Client:
+    return await Client.connect(
+        settings.temporal_address,
+        namespace=settings.temporal_namespace,
+        data_converter=pydantic_data_converter,
+    )
+
+
+def build_workers(
+    client: Client, settings: Settings, queues: list[str], slots: int | None, gpu_type: str | None
+) -> list[Worker]:
+    """One Worker per queue, all sharing one client, store and device pool."""
+    store = open_store(settings)
+    workers: list[Worker] = []
+    identity = settings.worker_identity or f"ideaforge@{os.uname().nodename}:{os.getpid()}"
+    if names.ORCHESTRATOR_QUEUE in queues:
+        workers.append(
+            Worker(
+                client,
+                task_queue=names.ORCHESTRATOR_QUEUE,
+                workflows=[CampaignWorkflow, IdeaWorkflow],
+                identity=identity,
+            )
+        )
+    if names.CPU_QUEUE in queues:
+        acts = CampaignActivities(settings, store)
+        workers.append(
+            Worker(
+                client,
+                task_queue=names.CPU_QUEUE,
+                activities=acts.all(),
+                max_concurrent_activities=16,
+                identity=identity,
+            )
+        )
+    for q in queues:
+        if q == "cpu-train" or q.startswith("gpu-"):
+            if q.startswith("gpu-"):
+                gpus = detect_gpus()
+                n = slots or len(gpus) or 1
+                device_ids = gpus[:n] if gpus else list(range(n))
+            else:
+                n = slots or settings.train_slots
+                device_ids = list(range(n))
+            exp = ExperimentActivities(settings, store, DevicePool(device_ids))
+            workers.append(
+                Worker(
+                    client,
+                    task_queue=q,
+                    activities=[exp.run_experiment],
+                    max_concurrent_activities=n,
+                    graceful_shutdown_timeout=_graceful(),
+                    identity=identity,
+                )
+            )
+            log.info("training queue %s with %d slot(s): %s", q, n, device_ids)
+    if not workers:
+        raise SystemExit(f"no known queue in {queues}: use orchestrator, cpu, cpu-train or gpu-<type>")
+    return workers
+
+
+def _graceful():
+    from datetime import timedelta
+
+    return timedelta(seconds=GRACEFUL_SHUTDOWN_S)
+
+
+async def serve(settings: Settings, queues: list[str], slots: int | None, gpu_type: str | None) -> None:
+    client = await connect(settings)
+    workers = build_workers(client, settings, queues, slots, gpu_type)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("worker up: queues=%s temporal=%s", queues, settings.temporal_address)
+    runs = [asyncio.create_task(w.run()) for w in workers]
+    waiter = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([waiter, *runs], return_when=asyncio.FIRST_COMPLETED)
+    log.info("worker shutting down")
+    await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
+    for t in runs:
+        if t in done and t.exception():
+            raise t.exception()  # type: ignore[misc]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m workers.main", description=__doc__.splitlines()[0])
+    p.add_argument("--queues", default=os.environ.get("IDEAFORGE_QUEUES", DEFAULT_QUEUES))
+    p.add_argument(
+        "--slots", type=int, default=None, help="training slots (default: GPUs or IDEAFORGE_TRAIN_SLOTS)"
+    )
+    p.add_argument("--gpu-type", default=os.environ.get("IDEAFORGE_GPU_TYPE"))
+    args = p.parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("IDEAFORGE_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    if args.gpu_type:
+        queues = [training_queue("gpu", args.gpu_type) if q == "gpu" else q for q in queues]
+    asyncio.run(serve(Settings.from_env(), queues, args.slots, args.gpu_type))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""IdeaWorkflow: one idea from text to metric — implement (with revisions) -> package -> run -> record.
+
+Failures of the idea itself (no diff applies, crash, timeout, NaN, protected file) are results with a category;
+infrastructure failures are retried by Temporal through the activity retry policies.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from ideaforge import names
+    from ideaforge.models import (
+        ArtifactRef,
+        IdeaInput,
+        IdeaOutcome,
+        IdeaSummary,
+        Implementation,
+        ImplementRequest,
+        Package,
+        PackageRequest,
+        RecordIdeaRequest,
+        RecordResult,
+        RunRequest,
+        RunResult,
+        Usage,
+    )
+    from ideaforge.rewards import compute_reward
+
+CPU_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=5,
+    non_retryable_error_types=["EnvError", "ValidationError"],
+)
+# Recording must survive an MLflow outage of minutes: retry for a long time, never lose the result.
+RECORD_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=0,
+    non_retryable_error_types=["TrackingError"],
+)
+TRAIN_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=60),
+    maximum_attempts=4,
+    non_retryable_error_types=["EnvError", "ValidationError"],
+)
+
+
+@workflow.defn(name="IdeaWorkflow")
+class IdeaWorkflow:
+    def __init__(self) -> None:
+        self._phase = "starting"
+
+    @workflow.query
+    def phase(self) -> str:
+        return self._phase
+
+    @workflow.run
+    async def run(self, inp: IdeaInput) -> IdeaOutcome:
+        started = workflow.now()
+        usage = Usage()
+        revisions = 0
+        diff: ArtifactRef | None = inp.reuse_diff
+        code: ArtifactRef | None = inp.reuse_code
+        impl: Implementation | None = None
+        if code is None:
+            if inp.idea.origin != "baseline":
+                impl, revisions, usage = await self._implement(inp)
+                if not impl.applies:
+                    return await self._finish(inp, started, usage, revisions, None, impl, diff=impl.diff)
+                diff = impl.diff
+            self._phase = "packaging"
+            pkg = await workflow.execute_activity(
+                names.PACKAGE,
+                PackageRequest(env=inp.spec.name, diff=diff),
+                result_type=Package,
+                task_queue=names.CPU_QUEUE,
+                start_to_close_timeout=timedelta(minutes=5),
+                retry_policy=CPU_RETRY,
+            )
+            code = pkg.code
+        self._phase = "training"
+        res = inp.spec.resources
+        run = await workflow.execute_activity(
+            names.RUN_EXPERIMENT,
+            RunRequest(
+                campaign=inp.campaign,
+                idea_id=inp.idea.idea_id,
+                env=inp.spec.name,
+                code=code,
+                profile=inp.profile,
+                seed=inp.idea.seed,
+            ),
+            result_type=RunResult,
+            task_queue=res.task_queue,
+            # the runner enforces the env's time limit itself; this bound also covers prepare, eval and queueing
+            start_to_close_timeout=timedelta(seconds=res.time_limit_s * 2 + 1800),
+            heartbeat_timeout=timedelta(seconds=60),
+            retry_policy=TRAIN_RETRY,
+        )
+        return await self._finish(inp, started, usage, revisions, run, impl, diff=diff, code=code)
+
+    async def _implement(self, inp: IdeaInput) -> tuple[Implementation, int, Usage]:
+        """Implement, and on a diff that does not apply, revise with the error fed back (<= max_revisions)."""
+        usage = Usage()
+        impl: Implementation | None = None
+        revision = 0
+        for revision in range(inp.max_revisions + 1):
+            self._phase = "implementing" if revision == 0 else f"revising ({revision})"
+            impl = await workflow.execute_activity(
+                names.IMPLEMENT,
+                ImplementRequest(
+                    campaign=inp.campaign,
+                    env=inp.spec.name,
+                    idea=inp.idea,
+                    provider=inp.implementer,
+                    revision=revision,
+                    parallel_samples=inp.parallel_samples,
+                    previous_diff=impl.diff if impl else None,
+                    previous_error=impl.error if impl else None,
+                    parent_diff=inp.parent_diff,
+                ),
+                result_type=Implementation,
+                task_queue=names.CPU_QUEUE,
+                start_to_close_timeout=timedelta(minutes=15),
+                heartbeat_timeout=timedelta(minutes=5),
+                retry_policy=CPU_RETRY,
+            )
+            usage = usage + impl.usage
+            if impl.applies or inp.implementer.kind == "offline":
+                break  # the offline implementer is deterministic: a revision would give the same diff
+        assert impl is not None
+        return impl, revision, usage
+
+    async def _finish(
+        self,
+        inp: IdeaInput,
+        started,
+        usage: Usage,
+        revisions: int,
+        run: RunResult | None,
+        impl: Implementation | None,
+        diff: ArtifactRef | None,
+        code: ArtifactRef | None = None,
+    ) -> IdeaOutcome:
+        idea = inp.idea
+        if run is None:
+            status, category, metric = "failed", (impl.category if impl else None) or "patch_failed", None
+        else:
+            status, category, metric = run.status, run.category, run.metric
+        reward = (
+            compute_reward(metric if status == "ok" else None, inp.baseline_metric, inp.spec)
+            if inp.baseline_metric is not None or status != "ok"
+            else None
+        )
+        summary = IdeaSummary(
+            idea_id=idea.idea_id,
+            epoch=idea.epoch,
+            title=idea.title,
+            text=idea.text[:4000],
+            origin=idea.origin,
+            parent_ids=idea.parent_ids,
+            recipe=idea.recipe,
+            status=status,  # type: ignore[arg-type]
+            category=category,
+            metric=metric,
+            reward=reward,
+            seed=idea.seed,
+            code=code,
+            diff=diff,
+        )
+        outcome = IdeaOutcome(
+            summary=summary,
+            revisions=revisions,
+            usage=usage,
+            run=run,
+            error=(impl.error if impl and not impl.applies else None) or (run.error if run else None),
+        )
+        run_s = run.wall_s if run else 0.0
+        outcome.orchestration_s = max(0.0, (workflow.now() - started).total_seconds() - run_s)
+        self._phase = "recording"
+        info = workflow.info()
+        rec = await workflow.execute_activity(
+            names.RECORD_IDEA,
+            RecordIdeaRequest(
+                experiment=inp.experiment,
+                campaign=inp.campaign,
+                epoch_run_id=inp.epoch_run_id,
+                idea=idea,
+                outcome=outcome,
+                workflow_id=info.workflow_id,
+                run_id=info.run_id,
+                env=inp.spec.name,
+                profile=inp.profile,
+                transcript=impl.transcript if impl else None,
+            ),
+            result_type=RecordResult,
+            task_queue=names.CPU_QUEUE,
+            start_to_close_timeout=timedelta(minutes=5),
+            retry_policy=RECORD_RETRY,
+        )
+        outcome.mlflow_run_id = rec.run_id
+        self._phase = "done"
+        return outcome
