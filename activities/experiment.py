@@ -74,10 +74,13 @@ class ExperimentActivities:
             latest[0] = p
             activity.heartbeat(p)
 
+        hb_timeout = info.heartbeat_timeout.total_seconds() if info.heartbeat_timeout else None
+        every = min(self.heartbeat_every_s, hb_timeout / 3) if hb_timeout else self.heartbeat_every_s
+
         async def keep_beating() -> None:  # cancellation reaches an activity only through heartbeats
             while True:
                 activity.heartbeat(latest[0])
-                await asyncio.sleep(self.heartbeat_every_s)
+                await asyncio.sleep(every)
 
         stop = threading.Event()
         shutting_down = threading.Event()
@@ -96,7 +99,7 @@ class ExperimentActivities:
         ids: list[int] | None = None
         try:
             try:
-                count = self.runner.load(req.env).spec.resources.count
+                count = self.runner.load(req.env).spec.resources_for(req.profile).count
                 ids = await self.devices.acquire(count)
                 started = time.time()
                 result = await self.runner.run(

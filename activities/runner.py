@@ -32,7 +32,15 @@ from activities.packaging import unpack_zip
 from activities.sandbox import Cancellable, SandboxResult, run_sandboxed, scrubbed_env
 from activities.storage import ObjectStore, StorageError
 from ideaforge.config import Settings
-from ideaforge.models import ArtifactRef, CurvePoint, FailureCategory, Progress, RunRequest, RunResult
+from ideaforge.models import (
+    ArtifactRef,
+    CurvePoint,
+    FailureCategory,
+    Progress,
+    Resources,
+    RunRequest,
+    RunResult,
+)
 from research_envs.registry import ResearchEnv, files_digest, load_env
 
 log = logging.getLogger(__name__)
@@ -331,7 +339,7 @@ class ExperimentRunner:
         stop: _Stop,
         device_ids: list[int],
     ) -> RunResult:
-        spec, res_spec = env.spec, env.spec.resources
+        spec, res_spec = env.spec, env.spec.resources_for(req.profile)
         code, out, tmp = attempt / "code", attempt / "out", attempt / "tmp"
         for d in (out, tmp):
             d.mkdir(parents=True, exist_ok=True)
@@ -382,7 +390,9 @@ class ExperimentRunner:
         train_log = attempt / "train.log"
         state = _Train(progress=progress)
         t_train = time.monotonic()
-        tres = await self._train(env, code, out, env_vars, train_log, state, stop, heartbeat, t_train)
+        tres = await self._train(
+            env, res_spec, code, out, env_vars, train_log, state, stop, heartbeat, t_train
+        )
         base.train_s = time.monotonic() - t_train
         base.curve = downsample(state.curve)
         if stop.cancelled:
@@ -452,6 +462,7 @@ class ExperimentRunner:
     async def _train(
         self,
         env: ResearchEnv,
+        res_spec: Resources,
         code: Path,
         out: Path,
         env_vars: dict[str, str],
@@ -462,7 +473,6 @@ class ExperimentRunner:
         t0: float,
     ) -> SandboxResult:
         """Run the training command; protocol lines go to an asyncio queue handled on the event loop."""
-        res_spec = env.spec.resources
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[str | None] = asyncio.Queue()
 

@@ -7,6 +7,8 @@ dies with it, even one that called ``setsid``. Without namespaces it falls back 
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 import logging
 import os
@@ -179,7 +181,11 @@ def isolation_prefix() -> tuple[str, tuple[str, ...], bool]:
 def _limits(
     cpu_time_s: float | None, memory_mb: int | None, max_file_bytes: int | None
 ) -> Callable[[], None]:
+    libc = _libc()
+
     def apply() -> None:  # runs in the child between fork and exec
+        if libc is not None:  # die with the worker: a kill -9'd worker must leave no training running
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         if cpu_time_s:
             soft = max(1, int(cpu_time_s))
@@ -191,6 +197,17 @@ def _limits(
             resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
 
     return apply
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+@functools.cache
+def _libc():  # noqa: ANN202 - ctypes handle, loaded before fork (never inside the child)
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
 
 
 def _killpg(pid: int, sig: int) -> None:

@@ -62,6 +62,7 @@ class Resources(Strict):
     cpu_time_limit_s: float | None = None
     memory_limit_mb: int | None = None
     max_output_mb: float = Field(20, gt=0)
+    heartbeat_timeout_s: float = Field(30, gt=0)
 
     @model_validator(mode="after")
     def _gpu_needs_type(self) -> Resources:
@@ -135,6 +136,7 @@ class EnvSpec(Strict):
     plausible_range: tuple[float, float]
     resources: Resources = Field(default_factory=Resources)
     profiles: dict[str, dict[str, str]] = Field(default_factory=lambda: {"default": {}})
+    resources_by_profile: dict[str, dict[str, Any]] = Field(default_factory=dict)
     reward: Reward = Field(default_factory=Reward)
     checkpointing: bool = False
     seed_noise: float | None = None
@@ -161,7 +163,18 @@ class EnvSpec(Strict):
             )
         if not self.run_command or not self.eval_command:
             raise ValueError("run_command and eval_command must not be empty")
+        for profile in self.resources_by_profile:
+            if profile not in self.profiles:
+                raise ValueError(f"resources_by_profile names unknown profile {profile!r}")
+            self.resources_for(profile)
         return self
+
+    def resources_for(self, profile: str) -> Resources:
+        """The resources of ``profile``: ``resources`` with that profile's overrides (e.g. count, time limit)."""
+        over = self.resources_by_profile.get(profile)
+        if not over:
+            return self.resources
+        return Resources.model_validate({**self.resources.model_dump(), **over})
 
     def better(self, a: float, b: float) -> bool:
         """True when metric ``a`` is strictly better than ``b``."""

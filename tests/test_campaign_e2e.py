@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from mlflow.tracking import MlflowClient
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import WorkflowExecutionStatus
 
 from ideaforge import campaigns, names
 from ideaforge.campaigns import CampaignError
@@ -26,24 +24,11 @@ from ideaforge.models import (
     idea_id,
 )
 from research_envs.registry import load_env
-from workers.main import build_workers
+from tests.harness import running_worker
 from workflows.campaign import BEST_METRIC, EPOCH, CampaignWorkflow, experiment_name
 from workflows.idea import IdeaWorkflow
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-QUEUES = [names.ORCHESTRATOR_QUEUE, names.CPU_QUEUE, "cpu-train"]
-
-
-@contextlib.asynccontextmanager
-async def running_worker(client: Client, settings: Settings) -> AsyncIterator[None]:
-    workers = build_workers(client, settings, QUEUES, slots=2, gpu_type=None)
-    tasks = [asyncio.create_task(w.run()) for w in workers]
-    try:
-        yield
-    finally:
-        await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _config(name: str, **kw) -> CampaignConfig:

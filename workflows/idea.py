@@ -41,7 +41,7 @@ CPU_RETRY = RetryPolicy(
 RECORD_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
+    maximum_interval=timedelta(seconds=10),
     maximum_attempts=0,
     non_retryable_error_types=["TrackingError"],
 )
@@ -88,7 +88,7 @@ class IdeaWorkflow:
             )
             code = pkg.code
         self._phase = "training"
-        res = inp.spec.resources
+        res = inp.spec.resources_for(inp.profile)
         run = await workflow.execute_activity(
             names.RUN_EXPERIMENT,
             RunRequest(
@@ -103,7 +103,8 @@ class IdeaWorkflow:
             task_queue=res.task_queue,
             # the runner enforces the env's time limit itself; this bound also covers prepare, eval and queueing
             start_to_close_timeout=timedelta(seconds=res.time_limit_s * 2 + 1800),
-            heartbeat_timeout=timedelta(seconds=60),
+            # the activity heartbeats every few seconds; a dead worker's attempt is retried after this
+            heartbeat_timeout=timedelta(seconds=res.heartbeat_timeout_s),
             retry_policy=TRAIN_RETRY,
         )
         return await self._finish(inp, started, usage, revisions, run, impl, diff=diff, code=code)
