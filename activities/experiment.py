@@ -105,7 +105,10 @@ class ExperimentActivities:
                 result = await self.runner.run(
                     req, heartbeat=beat, resume=resume, cancel_event=stop, device_ids=ids
                 )
-                return result.model_copy(update={"started_at": started, "finished_at": time.time()})
+                queued = max(0.0, started - info.current_attempt_scheduled_time.timestamp())
+                return result.model_copy(
+                    update={"started_at": started, "finished_at": time.time(), "queued_s": queued}
+                )
             except (EnvError, ValueError, ValidationError) as e:
                 raise ApplicationError(str(e), type=type(e).__name__, non_retryable=True) from e
             except RunCancelled as e:

@@ -678,7 +678,7 @@ class ExperimentRunner:
     def _env_vars(
         self, env: ResearchEnv, req: RunRequest, out: Path, tmp: Path, device_ids: list[int]
     ) -> dict[str, str]:
-        gpu = env.spec.resources.device == "gpu"
+        gpu = env.spec.resources_for(req.profile).device == "gpu"
         return {
             **env.spec.profiles[req.profile],
             **self._thread_vars(),

@@ -21,7 +21,7 @@ from ideaforge.config import Settings
 from ideaforge.models import CampaignInput, CampaignStatus, IdeaSummary
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-console = Console()
+console = Console(soft_wrap=True)
 err = Console(stderr=True)
 
 
@@ -214,7 +214,7 @@ def _status_table(st: CampaignStatus, elapsed: float) -> Table:
     t.add_row("phase", st.phase)
     t.add_row(
         "ideas",
-        f"{st.ideas_done} done: {st.ideas_ok} ok, {st.ideas_failed} failed; {st.ideas_running} running",
+        f"{st.ideas_done} done: {st.ideas_ok} ok, {st.ideas_failed} failed; {st.ideas_running} in flight",
     )
     t.add_row("baseline", _fmt(st.baseline_metric))
     t.add_row("best", f"{_fmt(st.best_metric)}  ({st.best_idea or '-'})")
@@ -257,9 +257,17 @@ def _print_leaderboard(
 
 
 @app.command()
-def status(name: str, follow: bool = typer.Option(False, help="re-attach and follow until it ends")) -> None:
-    """Show a campaign's progress (re-attach with --follow)."""
+def status(
+    name: str | None = typer.Argument(None, help="campaign name; without it, the local stack's status"),
+    follow: bool = typer.Option(False, help="re-attach and follow until it ends"),
+) -> None:
+    """Show a campaign's progress (re-attach with --follow), or without a name the local stack's health."""
     settings = Settings.from_env()
+    if name is None:
+        from ideaforge import stack
+
+        _print_stack(stack.status(settings))
+        _exit(0)
 
     async def go() -> None:
         client = await _client(settings)

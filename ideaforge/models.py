@@ -414,6 +414,7 @@ class RunResult(Strict):
     device: str | None = None
     started_at: float = 0.0  # unix time the activity attempt began (orchestration benchmarks)
     finished_at: float = 0.0
+    queued_s: float = 0.0  # time the attempt waited in the task queue for a free training slot
 
 
 class IdeaInput(Strict):

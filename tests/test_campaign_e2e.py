@@ -222,3 +222,23 @@ def test_pause_and_inject_reach_the_workflow(served_settings: Settings, temporal
     result = asyncio.run(go())
     human = [s for s in result.archive if s.origin == "human"]
     assert len(human) == 1 and human[0].epoch in (0, 1)
+
+
+def test_confirmation_reruns_top_ideas_on_fresh_seeds(served_settings: Settings, temporal_env) -> None:
+    client = temporal_env.client
+    name = f"confirm-{uuid.uuid4().hex[:6]}"
+    cfg = _config(name, epochs=1, ideas_per_epoch=3, confirm_top_k=1, confirm_seeds=2)
+
+    async def go() -> CampaignResult:
+        async with running_worker(client, served_settings):
+            handle, _ = await campaigns.start(client, cfg)
+            return await asyncio.wait_for(handle.result(), 300)
+
+    result = asyncio.run(go())
+    confirms = [s for s in result.archive if s.origin == "confirm"]
+    top = [s for s in result.archive if s.confirmed_metrics and s.origin != "baseline"]
+    base = next(s for s in result.archive if s.origin == "baseline")
+    assert len(top) == 1 and len(top[0].confirmed_metrics) == 2
+    assert len(base.confirmed_metrics) == 2
+    assert len(confirms) == 4 and {s.seed for s in confirms} == {cfg.seed + 1000, cfg.seed + 2000}
+    assert all(s.code == top[0].code or s.code == base.code for s in confirms), "confirm runs reuse the code"

@@ -185,7 +185,8 @@ class IdeaWorkflow:
             run=run,
             error=(impl.error if impl and not impl.applies else None) or (run.error if run else None),
         )
-        run_s = run.wall_s if run else 0.0
+        # everything but training itself and waiting for a free slot: ideate/implement/package/record, scheduling
+        run_s = (run.finished_at - run.started_at + run.queued_s) if run and run.started_at else 0.0
         outcome.orchestration_s = max(0.0, (workflow.now() - started).total_seconds() - run_s)
         self._phase = "recording"
         info = workflow.info()
