@@ -225,7 +225,7 @@ class ExperimentRunner:
                 f"env {spec.name!r} has no profile {req.profile!r}; profiles: {sorted(spec.profiles)}"
             )
         stop = _Stop(cancel_event)
-        await self._guarded(asyncio.to_thread(self.prepare, env, stop), stop)
+        await self._guarded(asyncio.to_thread(self.prepare, env, req.profile, stop), stop)
         if stop.cancelled:
             raise RunCancelled("cancelled while preparing the env")
         attempt = self.settings.home / "work" / f"{safe_name(req.idea_id)}-{uuid.uuid4().hex[:8]}"
@@ -241,9 +241,10 @@ class ExperimentRunner:
             else:
                 shutil.rmtree(attempt, ignore_errors=True)
 
-    def prepare(self, env: ResearchEnv, stop: Cancellable | None = None) -> Path:
-        """Run the env's prepare_command once per machine (file lock + ``.prepared`` marker); the data dir."""
-        data = self.data_dir(env)
+    def prepare(self, env: ResearchEnv, profile: str = "default", stop: Cancellable | None = None) -> Path:
+        """Run the env's prepare_command once per machine and profile (file lock + ``.prepared`` marker), with
+        the profile's variables (a smoke profile prepares small local data); returns the data dir."""
+        data = self.data_dir(env, profile)
         data.mkdir(parents=True, exist_ok=True)
         marker = data / ".prepared"
         if not env.spec.prepare_command or marker.is_file():
@@ -265,10 +266,11 @@ class ExperimentRunner:
                 (Path(tmp) / "out").mkdir()
                 argv = self._argv(env.spec.prepare_command)
                 extra = {
+                    **env.spec.profiles.get(profile, {}),
                     "IDEAFORGE_SEED": "0",
                     "IDEAFORGE_OUT": str(Path(tmp) / "out"),
                     "IDEAFORGE_DATA": str(data),
-                    "IDEAFORGE_DEVICE": "cuda" if env.spec.resources.device == "gpu" else "cpu",
+                    "IDEAFORGE_DEVICE": "cuda" if env.spec.resources_for(profile).device == "gpu" else "cpu",
                     **self._thread_vars(),
                 }
                 res = run_sandboxed(
@@ -296,15 +298,15 @@ class ExperimentRunner:
             log.info("prepared env %s in %s", env.spec.name, data)
         return data
 
-    def data_dir(self, env: ResearchEnv) -> Path:
-        return self.settings.home / "data" / env.spec.name
+    def data_dir(self, env: ResearchEnv, profile: str = "default") -> Path:
+        return self.settings.home / "data" / env.spec.name / profile
 
-    def data_tampered(self, env: ResearchEnv) -> list[str]:
+    def data_tampered(self, env: ResearchEnv, profile: str = "default") -> list[str]:
         """Prepared files of IDEAFORGE_DATA that were changed or deleted since prepare (new files are fine).
 
         When there are any, the cache is wiped so that the next run prepares it afresh.
         """
-        data = self.data_dir(env)
+        data = self.data_dir(env, profile)
         try:
             prepared = json.loads((data / ".prepared").read_text()).get("files") or {}
         except (OSError, ValueError, AttributeError):
@@ -401,7 +403,7 @@ class ExperimentRunner:
         if category:
             return await self._finish(base, attempt, category, error)
 
-        tampered_data = await asyncio.to_thread(self.data_tampered, env)
+        tampered_data = await asyncio.to_thread(self.data_tampered, env, req.profile)
         if tampered_data:
             return await self._finish(
                 base,
@@ -687,7 +689,7 @@ class ExperimentRunner:
             "TMPDIR": str(tmp),
             "IDEAFORGE_SEED": str(req.seed),
             "IDEAFORGE_OUT": str(out),
-            "IDEAFORGE_DATA": str(self.data_dir(env)),
+            "IDEAFORGE_DATA": str(self.data_dir(env, req.profile)),
             "IDEAFORGE_DEVICE": "cuda" if gpu else "cpu",
             "CUDA_VISIBLE_DEVICES": ",".join(map(str, device_ids)) if gpu else "",
         }

@@ -54,7 +54,11 @@ _ALLOWED = {
     "PYTHONHASHSEED",
 }
 _ALLOWED_PREFIXES = ("LC_",)
-_SECRET_RE = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|SESSION|COOKIE", re.I)
+# whole words of a variable name (HF_TOKEN, OPENAI_API_KEY, AWS_SESSION_TOKEN), not substrings: a profile's
+# IDEAFORGE_TRAIN_TOKENS is a budget, not a credential
+_SECRET_RE = re.compile(
+    r"(?:^|_)(?:KEY|APIKEY|TOKEN|SECRET|PASSWORD|PASSWD|PASS|CREDENTIALS?|AUTH|SESSION|COOKIE)(?:_|$)", re.I
+)
 _DENIED_PREFIXES = (
     "AWS_",
     "MLFLOW_",
@@ -142,6 +146,14 @@ _PREFIXES: list[tuple[str, list[str], bool]] = [
 # process group anyway, and the init itself (PID 1, no handlers) ignores them until SIGKILL.
 _INIT = """
 import os, sys
+try:  # a new network namespace has only a loopback that is down: bring it up (torchrun, local servers)
+    import fcntl, socket, struct
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    flags = struct.unpack("16sH", fcntl.ioctl(s, 0x8913, struct.pack("16sH", b"lo", 0))[:18])[1]
+    fcntl.ioctl(s, 0x8914, struct.pack("16sH", b"lo", flags | 1))
+    s.close()
+except OSError:
+    pass
 pid = os.fork()
 if pid == 0:
     try:
@@ -244,7 +256,7 @@ def run_sandboxed(
     name, prefix, net = isolation_prefix()
     if network:
         name, prefix, net = ("none", (), False)
-    init = (sys.executable, "-I", "-S", "-c", _INIT) if "pidns" in name else ()
+    init = (sys.executable, "-I", "-S", "-c", _INIT) if "pidns" in name or "netns" in name else ()
     log_file = open(log_path, "ab") if log_path else None  # closed in finally
     start = time.monotonic()
     res = SandboxResult(returncode=None, net_isolated=net, isolation=name)

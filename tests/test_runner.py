@@ -123,18 +123,22 @@ def test_baseline_ok(rig):
     log = rig.store.get_text(res.log)
     assert "===== train =====" in log and "eval loss 0.210826" in log
     assert beats and beats[-1].checkpoint is not None and beats[-1].checkpoint_step == 10
-    assert (rig.settings.home / "data" / "toy_quad" / "problem.json").is_file()  # prepare_command ran
+    assert (
+        rig.settings.home / "data" / "toy_quad" / "default" / "problem.json"
+    ).is_file()  # prepare_command ran
     assert _work_dirs(rig) == []
 
 
 def test_prepare_runs_once(rig):
     code = rig.code()
     rig.run(code, profile="smoke")
-    marker = rig.settings.home / "data" / "toy_quad" / ".prepared"
+    marker = rig.settings.home / "data" / "toy_quad" / "smoke" / ".prepared"
     first = marker.stat().st_mtime_ns
     rig.run(code, profile="smoke")
     assert marker.stat().st_mtime_ns == first
-    assert (rig.settings.home / "data" / "toy_quad" / "prepare.log").read_text().count("prepared") == 1
+    assert (rig.settings.home / "data" / "toy_quad" / "smoke" / "prepare.log").read_text().count(
+        "prepared"
+    ) == 1
 
 
 def test_knobs_change_the_metric(rig):
@@ -204,7 +208,7 @@ def test_packaged_evaluator_overwrite_is_undone(rig):
 
 
 def test_training_that_edits_the_shared_data_fails_and_the_cache_is_rebuilt(rig):
-    data = rig.settings.home / "data" / "toy_quad"
+    data = rig.settings.home / "data" / "toy_quad" / "smoke"
     poison = "    (Path(os.environ['IDEAFORGE_DATA']) / 'problem.json').write_text('{}')\n"
     train = (
         (TOY.baseline / "train.py").read_text().replace("    save(w, out)\n", "    save(w, out)\n" + poison)
@@ -301,7 +305,7 @@ def test_protocol_environment_of_training(rig):
     )
     assert seen["IDEAFORGE_DEVICE"] == "cpu" and seen["CUDA_VISIBLE_DEVICES"] == ""
     assert seen["IDEAFORGE_THREADS"] == seen["OMP_NUM_THREADS"] == str(rig.runner.threads)
-    assert seen["IDEAFORGE_DATA"] == str(rig.settings.home / "data" / "toy_quad")
+    assert seen["IDEAFORGE_DATA"] == str(rig.settings.home / "data" / "toy_quad" / "smoke")
     out, cwd = Path(seen["IDEAFORGE_OUT"]), Path(seen["cwd"])
     assert cwd not in out.parents and out != cwd  # outputs live outside the work dir
     assert seen["py"] == rig.runner.python

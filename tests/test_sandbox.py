@@ -248,3 +248,26 @@ def test_no_orphans_after_normal_exit(tmp_path, isolation):
     time.sleep(0.2)
     assert _alive_with(token) == []
     assert os.getpgid(0)  # we are untouched
+
+
+def test_budget_variables_are_not_mistaken_for_secrets():
+    """Whole-word matching: a profile's token budget passes, credentials with TOKEN/KEY words do not."""
+    from activities.sandbox import scrubbed_env
+
+    env = scrubbed_env({"IDEAFORGE_TRAIN_TOKENS": "200000", "HF_TOKEN": "hf_x", "MY_API_KEY": "k"}, base={})
+    assert env.get("IDEAFORGE_TRAIN_TOKENS") == "200000"
+    assert "HF_TOKEN" not in env and "MY_API_KEY" not in env
+
+
+def test_loopback_works_inside_the_network_namespace(tmp_path):
+    """Isolated from the network, but 127.0.0.1 is up: torchrun's rendezvous and local servers need it."""
+    from activities.sandbox import run_sandboxed, scrubbed_env
+
+    code = (
+        "import socket; a = socket.socket(); a.bind(('127.0.0.1', 0)); a.listen(); "
+        "b = socket.create_connection(a.getsockname(), timeout=5); print('loopback ok')"
+    )
+    log = tmp_path / "log"
+    res = run_sandboxed([sys.executable, "-c", code], tmp_path, scrubbed_env(), 30, log_path=log)
+    assert res.ok, log.read_text()
+    assert "loopback ok" in log.read_text()
