@@ -65,36 +65,45 @@ def _idea_run_count(mlflow_uri: str, campaign: str) -> int:
     return sum("ideaforge.idea_id" in r.data.tags for r in ml.search_runs([exp.experiment_id]))
 
 
+async def _interrupt_training_worker(
+    client, settings: Settings, tmp_path: Path, inp: IdeaInput, signum: int
+) -> tuple[IdeaOutcome, float, float, list[int]]:
+    """Run ``inp`` on a worker subprocess, send it ``signum`` after a checkpoint, finish on a fresh worker.
+
+    Returns (outcome, seconds until the worker exited, seconds from the signal to the idea's end, training
+    processes left under the work dir once the worker was gone).
+    """
+    async with running_worker(client, settings, CONTROL):
+        w1 = spawn_worker(tmp_path / "w1.log")
+        try:
+            handle = await client.start_workflow(
+                IdeaWorkflow.run, inp, id=inp.idea.idea_id, task_queue=names.ORCHESTRATOR_QUEUE
+            )
+            await wait_for_checkpoint(client, handle.id, 10)
+            t0 = time.monotonic()
+            os.kill(w1.pid, signum)  # the worker only: its training must stop with it
+            await asyncio.to_thread(w1.wait, 60)
+            exit_s = time.monotonic() - t0
+            await asyncio.sleep(1.0)
+            orphans = processes_under(settings.home / "work")
+            w2 = spawn_worker(tmp_path / "w2.log")
+            try:
+                outcome = await asyncio.wait_for(handle.result(), 180)
+            finally:
+                _stop(w2)
+            return outcome, exit_s, time.monotonic() - t0, orphans
+        finally:
+            _stop(w1)
+
+
 def test_kill9_training_worker_resumes_from_checkpoint_on_a_new_worker(
     served_settings: Settings, temporal_env, tmp_path: Path
 ) -> None:
-    client = temporal_env.client
     campaign = f"kill9-{uuid.uuid4().hex[:6]}"
     inp = _baseline_idea_input(served_settings, campaign)
-
-    async def go() -> tuple[IdeaOutcome, float, list[int]]:
-        async with running_worker(client, served_settings, CONTROL):
-            w1 = spawn_worker(tmp_path / "w1.log")
-            try:
-                handle = await client.start_workflow(
-                    IdeaWorkflow.run, inp, id=inp.idea.idea_id, task_queue=names.ORCHESTRATOR_QUEUE
-                )
-                await wait_for_checkpoint(client, handle.id, 10)
-                os.kill(w1.pid, signal.SIGKILL)  # the worker only: its training must die with it
-                w1.wait()
-                killed = time.monotonic()
-                await asyncio.sleep(1.0)
-                orphans = processes_under(served_settings.home / "work")
-                w2 = spawn_worker(tmp_path / "w2.log")
-                try:
-                    outcome = await asyncio.wait_for(handle.result(), 180)
-                finally:
-                    _stop(w2)
-                return outcome, time.monotonic() - killed, orphans
-            finally:
-                _stop(w1)
-
-    outcome, recovery_s, orphans = asyncio.run(go())
+    outcome, _, recovery_s, orphans = asyncio.run(
+        _interrupt_training_worker(temporal_env.client, served_settings, tmp_path, inp, signal.SIGKILL)
+    )
     print(f"\nkill -9 training worker: idea finished {recovery_s:.1f}s after the kill")
     assert orphans == [], f"training processes survived their worker: {orphans}"
     assert outcome.summary.status == "ok", outcome.error
@@ -105,33 +114,11 @@ def test_kill9_training_worker_resumes_from_checkpoint_on_a_new_worker(
 def test_sigterm_hands_running_experiment_back_and_it_resumes(
     served_settings: Settings, temporal_env, tmp_path: Path
 ) -> None:
-    client = temporal_env.client
     campaign = f"term-{uuid.uuid4().hex[:6]}"
     inp = _baseline_idea_input(served_settings, campaign)
-
-    async def go() -> tuple[IdeaOutcome, float, float, list[int]]:
-        async with running_worker(client, served_settings, CONTROL):
-            w1 = spawn_worker(tmp_path / "w1.log")
-            try:
-                handle = await client.start_workflow(
-                    IdeaWorkflow.run, inp, id=inp.idea.idea_id, task_queue=names.ORCHESTRATOR_QUEUE
-                )
-                await wait_for_checkpoint(client, handle.id, 10)
-                t0 = time.monotonic()
-                w1.send_signal(signal.SIGTERM)
-                await asyncio.to_thread(w1.wait, 60)
-                exit_s = time.monotonic() - t0
-                orphans = processes_under(served_settings.home / "work")
-                w2 = spawn_worker(tmp_path / "w2.log")
-                try:
-                    outcome = await asyncio.wait_for(handle.result(), 180)
-                finally:
-                    _stop(w2)
-                return outcome, exit_s, time.monotonic() - t0, orphans
-            finally:
-                _stop(w1)
-
-    outcome, exit_s, recovery_s, orphans = asyncio.run(go())
+    outcome, exit_s, recovery_s, orphans = asyncio.run(
+        _interrupt_training_worker(temporal_env.client, served_settings, tmp_path, inp, signal.SIGTERM)
+    )
     print(
         f"\nSIGTERM training worker: exited in {exit_s:.1f}s, idea finished {recovery_s:.1f}s after the signal"
     )
