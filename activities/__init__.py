@@ -1,1 +1,1 @@
-"""Activities: every side effect of a campaign (LLMs, patching, packaging, storage, training, MLflow)."""
+"""Temporal activities: thin adapters over the libraries (ideaforge.llm, .patch, .run, .store, .track)."""

@@ -15,17 +15,17 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from ideaforge.research_envs.registry import EnvError
 from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.runner import ExperimentRunner, RunCancelled
-from activities.storage import ObjectStore
 from ideaforge.config import Settings
 from ideaforge.models import Progress, RunRequest, RunResult
 from ideaforge.names import RUN_EXPERIMENT
-from research_envs.registry import EnvError
-from workers.devices import DevicePool
+from ideaforge.run.devices import DevicePool
+from ideaforge.run.runner import ExperimentRunner, RunCancelled
+from ideaforge.store.artifacts import ObjectStore
 
 log = logging.getLogger(__name__)
 

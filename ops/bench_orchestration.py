@@ -20,10 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ideaforge import campaigns, names, stack  # noqa: E402
+from ideaforge import names  # noqa: E402
+from ideaforge.cli import campaigns, stack  # noqa: E402
+from ideaforge.cli.procs import free_port  # noqa: E402
 from ideaforge.config import Settings  # noqa: E402
 from ideaforge.models import CampaignConfig  # noqa: E402
-from ideaforge.procs import free_port  # noqa: E402
 
 ENV_TOML = """
 name = "bench_sleep"
@@ -82,7 +83,7 @@ def slot_latencies(runs: list[tuple[float, float]], slots: int) -> list[float]:
 
 
 async def bench(settings: Settings, ideas: int, slots: int) -> dict[str, float]:
-    from workers.main import build_workers, connect
+    from ideaforge.workers.main import build_workers, connect
 
     client = await connect(settings)
     workers = build_workers(
@@ -125,7 +126,7 @@ async def bench(settings: Settings, ideas: int, slots: int) -> dict[str, float]:
 
 async def _run_timings(client, idea_ids: list[str]) -> list[tuple[float, float]]:
     """(start, end) of each run_experiment activity, read from the child workflows' results."""
-    from workflows.idea import IdeaWorkflow
+    from ideaforge.workflows.idea import IdeaWorkflow
 
     out = []
     for wid in idea_ids:

@@ -19,8 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from activities.diff_repair import apply_with_repair  # noqa: E402
-from activities.patching import PatchError, apply_diff  # noqa: E402
+from ideaforge.patch.apply import PatchError, apply_diff  # noqa: E402
+from ideaforge.patch.repair import apply_with_repair  # noqa: E402
 
 
 def _matches(tree: Path, expected: Path) -> bool:

@@ -30,10 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(REPO))
 
-from ideaforge import stack  # noqa: E402
+from ideaforge.cli import stack  # noqa: E402
+from ideaforge.cli.procs import free_port  # noqa: E402
 from ideaforge.config import Settings  # noqa: E402
 from ideaforge.names import SEARCH_ATTRIBUTES  # noqa: E402
-from ideaforge.procs import free_port  # noqa: E402
 
 FIXTURE_ENVS = REPO / "tests" / "fixtures" / "envs"
 FAKE_AWS = {

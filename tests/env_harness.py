@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from research_envs.registry import ResearchEnv
+from ideaforge.research_envs.registry import ResearchEnv
 
 PREFIXES = ("IDEAFORGE_PROGRESS ", "IDEAFORGE_CHECKPOINT ")
 

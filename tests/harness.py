@@ -10,12 +10,12 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from ideaforge.workers.main import build_workers
 from temporalio.client import Client
 
 from ideaforge import names
 from ideaforge.config import Settings
 from ideaforge.models import Progress
-from workers.main import build_workers
 
 ALL_QUEUES = [names.ORCHESTRATOR_QUEUE, names.CPU_QUEUE, "cpu-train"]
 REPO = Path(__file__).resolve().parents[1]
@@ -36,10 +36,10 @@ async def running_worker(
 
 
 def spawn_worker(log: Path, queues: str = "cpu-train", slots: int = 1) -> subprocess.Popen:
-    """A worker as a real OS process (``python -m workers.main``) in its own session, settings from os.environ."""
+    """A worker as a real OS process (``python -m ideaforge.workers.main``) in its own session, settings from os.environ."""
     out = open(log, "ab")  # noqa: SIM115 - handed to the child
     return subprocess.Popen(
-        [sys.executable, "-m", "workers.main", "--queues", queues, "--slots", str(slots)],
+        [sys.executable, "-m", "ideaforge.workers.main", "--queues", queues, "--slots", str(slots)],
         cwd=REPO,
         env=dict(os.environ),
         stdout=out,

@@ -6,11 +6,15 @@ import asyncio
 import uuid
 
 import pytest
+from ideaforge.research_envs.registry import load_env
+from ideaforge.workflows.campaign import BEST_METRIC, EPOCH, CampaignWorkflow, experiment_name
+from ideaforge.workflows.idea import IdeaWorkflow
 from mlflow.tracking import MlflowClient
 from temporalio.client import WorkflowExecutionStatus
 
-from ideaforge import campaigns, names
-from ideaforge.campaigns import CampaignError
+from ideaforge import names
+from ideaforge.cli import campaigns
+from ideaforge.cli.campaigns import CampaignError
 from ideaforge.config import Settings
 from ideaforge.models import (
     CampaignConfig,
@@ -23,10 +27,7 @@ from ideaforge.models import (
     campaign_workflow_id,
     idea_id,
 )
-from research_envs.registry import load_env
 from tests.harness import running_worker
-from workflows.campaign import BEST_METRIC, EPOCH, CampaignWorkflow, experiment_name
-from workflows.idea import IdeaWorkflow
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -161,8 +162,9 @@ def test_duplicate_start_attaches_or_is_refused(served_settings: Settings, tempo
 def test_terminated_campaign_resumes_from_last_completed_epoch(
     served_settings: Settings, temporal_env
 ) -> None:
-    from activities.campaign_activities import load_saved_state
-    from activities.storage import open_store
+    from ideaforge.activities.campaign import load_saved_state
+
+    from ideaforge.store.artifacts import open_store
 
     client = temporal_env.client
     name = f"resume-{uuid.uuid4().hex[:6]}"
@@ -226,7 +228,9 @@ def test_pause_and_inject_reach_the_workflow(served_settings: Settings, temporal
 
 def test_confirmation_reruns_top_ideas_on_fresh_seeds(served_settings: Settings, temporal_env) -> None:
     client = temporal_env.client
-    name = f"confirm-{uuid.uuid4().hex[:6]}"
+    # A fixed name: the offline ideator is seeded by (seed, campaign, epoch), and with a random name about one
+    # run in three drew only failing toy variants, leaving nothing to confirm. This name's epoch 0 has ok ideas.
+    name = "confirm-fixed"
     cfg = _config(name, epochs=1, ideas_per_epoch=3, confirm_top_k=1, confirm_seeds=2)
 
     async def go() -> CampaignResult:

@@ -6,14 +6,14 @@ import asyncio
 import uuid
 
 import pytest
+from ideaforge.workflows.campaign import experiment_name
 from mlflow.tracking import MlflowClient
 
-from ideaforge import campaigns
+from ideaforge.cli import campaigns
 from ideaforge.config import Settings
 from ideaforge.models import CampaignConfig, CampaignResult, ProviderConfig
 from tests.fakes.llm_server import FakeLLMServer
 from tests.harness import running_worker
-from workflows.campaign import experiment_name
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from activities.dedup import drop_duplicates, normalise, text_similarity
+from ideaforge.llm.dedup import drop_duplicates, normalise, text_similarity
 from ideaforge.models import Idea, IdeaSummary, Mutation
 
 COSINE = (

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from activities.diff_repair import (
+from ideaforge.models import SearchReplace
+from ideaforge.patch.apply import PatchError, apply_diff
+from ideaforge.patch.repair import (
     apply_search_replace_fuzzy,
     apply_with_repair,
     extract_diff_text,
@@ -15,8 +17,6 @@ from activities.diff_repair import (
     repair_diff,
     resolve_path,
 )
-from activities.patching import PatchError, apply_diff
-from ideaforge.models import SearchReplace
 
 CORPUS = Path(__file__).resolve().parent / "diff_corpus"
 CASES = sorted(p for p in (CORPUS / "cases").iterdir() if (p / "patch.diff").is_file())

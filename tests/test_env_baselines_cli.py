@@ -8,12 +8,12 @@ import sys
 import uuid
 
 import pytest
+from ideaforge.research_envs.registry import available_envs, load_env
+from ideaforge.workflows.campaign import CampaignWorkflow
 
 from ideaforge.config import Settings
 from ideaforge.models import CampaignResult
-from research_envs.registry import available_envs, load_env
 from tests.harness import REPO, running_worker
-from workflows.campaign import CampaignWorkflow
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -38,7 +38,7 @@ def test_env_baseline_runs_from_the_cli(
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "ideaforge.cli",
+                "ideaforge.cli.commands",
                 "start",
                 "--name",
                 name,

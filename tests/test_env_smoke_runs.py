@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from env_harness import run_env
+from ideaforge.research_envs.registry import load_env
 
 from ideaforge.models import Progress
-from research_envs.registry import load_env
 
 pytestmark = pytest.mark.slow
 

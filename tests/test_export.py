@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from datasets import load_from_disk
 
-from activities.export import JSONL_NAME, export_dataset
-from activities.storage import LocalStore, StorageError
 from ideaforge.models import ArtifactRef, CampaignState, EnvSpec, IdeaSummary, Reward, idea_id
+from ideaforge.report.export import JSONL_NAME, export_dataset
 from ideaforge.rewards import compute_reward
+from ideaforge.store.artifacts import LocalStore, StorageError
 
 C = "exp"
 DESCRIPTION = "Char-level GPT on Shakespeare; lower validation loss is better."

@@ -15,18 +15,19 @@ import uuid
 from pathlib import Path
 
 import pytest
+from ideaforge.research_envs.registry import load_env
+from ideaforge.workers.main import connect
+from ideaforge.workflows.campaign import experiment_name
+from ideaforge.workflows.idea import IdeaWorkflow
 from mlflow.tracking import MlflowClient
 from temporalio.client import WorkflowExecutionStatus
 
-from ideaforge import campaigns, names, stack
+from ideaforge import names
+from ideaforge.cli import campaigns, stack
+from ideaforge.cli.procs import free_port
 from ideaforge.config import Settings
 from ideaforge.models import CampaignConfig, Idea, IdeaInput, IdeaOutcome, ProviderConfig, idea_id
-from ideaforge.procs import free_port
-from research_envs.registry import load_env
 from tests.harness import REPO, processes_under, running_worker, spawn_worker, wait_for_checkpoint
-from workers.main import connect
-from workflows.campaign import experiment_name
-from workflows.idea import IdeaWorkflow
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -211,7 +212,7 @@ def test_killing_the_cli_leaves_the_campaign_running_and_status_reattaches(
 ) -> None:
     client = temporal_env.client
     name = f"cli-{uuid.uuid4().hex[:6]}"
-    cli = [sys.executable, "-m", "ideaforge.cli"]
+    cli = [sys.executable, "-m", "ideaforge.cli.commands"]
 
     async def go() -> tuple[str, str]:
         async with running_worker(client, served_settings):

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from activities.llm.client import LLMClient, LLMError
-from activities.llm.pricing import cost_usd, price_for
-from activities.llm.ratelimit import TokenBucket
+from ideaforge.llm.client import LLMClient, LLMError
+from ideaforge.llm.pricing import cost_usd, price_for
+from ideaforge.llm.ratelimit import TokenBucket
 from ideaforge.models import ProviderConfig
 from tests.fakes.llm_server import FakeLLMServer
 

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from activities.llm_ideator import LLMIdeator, parse_ideas
-from activities.providers import make_ideator
-from activities.storage import LocalStore
+from ideaforge.llm.ideator import LLMIdeator, parse_ideas
+from ideaforge.llm.providers import make_ideator
 from ideaforge.models import IdeaSummary, IdeateRequest, ProviderConfig, idea_id
+from ideaforge.store.artifacts import LocalStore
 from tests.fakes.llm_server import FakeLLMServer, write_tiny_env
 
 KEY = "sk-ideator-SECRET-42"

@@ -8,11 +8,11 @@ import shutil
 
 import pytest
 
-from activities.llm_implementer import LLMImplementer
-from activities.patching import apply_diff, make_diff
-from activities.providers import make_implementer
-from activities.storage import LocalStore
+from ideaforge.llm.implementer import LLMImplementer
+from ideaforge.llm.providers import make_implementer
 from ideaforge.models import Idea, ImplementRequest, ProviderConfig, idea_id
+from ideaforge.patch.apply import apply_diff, make_diff
+from ideaforge.store.artifacts import LocalStore
 from tests.fakes.llm_server import FakeLLMServer, write_tiny_env
 
 KEY = "sk-impl-SECRET-77"

@@ -6,12 +6,12 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from ideaforge.research_envs.registry import load_env
 
-from activities.offline import OfflineIdeator, OfflineImplementer, canonical, recipe_from_text
-from activities.packaging import patched_tree
-from activities.storage import LocalStore
+from ideaforge.llm.offline import OfflineIdeator, OfflineImplementer, canonical, recipe_from_text
 from ideaforge.models import IdeaSummary, IdeateRequest, ImplementRequest, Mutation, ProviderConfig, idea_id
-from research_envs.registry import load_env
+from ideaforge.patch.package import patched_tree
+from ideaforge.store.artifacts import LocalStore
 
 FIXTURES = [Path(__file__).parent / "fixtures" / "envs"]
 

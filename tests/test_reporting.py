@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from activities.reporting import lineage, log_report_to_mlflow, short_id, write_report
-from activities.storage import LocalStore
-from activities.tracking import Tracker, report_key
 from ideaforge.models import CampaignState, EnvSpec, IdeaSummary, idea_id
+from ideaforge.report.reporting import lineage, log_report_to_mlflow, short_id, write_report
+from ideaforge.store.artifacts import LocalStore
+from ideaforge.track.tracker import Tracker, report_key
 
 C = "rep"
 

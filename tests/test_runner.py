@@ -14,20 +14,20 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from ideaforge.activities.experiment import ExperimentActivities, resume_point
+from ideaforge.research_envs.registry import EnvError, files_digest, load_env
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.experiment import ExperimentActivities, resume_point
-from activities.packaging import pack_tree
-from activities.runner import ExperimentRunner, RunCancelled, downsample, restore_protected
-from activities.storage import LocalStore
 from ideaforge.config import Settings
 from ideaforge.models import ArtifactRef, CurvePoint, Progress, RunRequest, RunResult
 from ideaforge.names import RUN_EXPERIMENT
-from research_envs.registry import EnvError, files_digest, load_env
-from workers.devices import DevicePool, cpu_slots, parse_gpu_list
+from ideaforge.patch.package import pack_tree
+from ideaforge.run.devices import DevicePool, cpu_slots, parse_gpu_list
+from ideaforge.run.runner import ExperimentRunner, RunCancelled, downsample, restore_protected
+from ideaforge.store.artifacts import LocalStore
 
 ENVS = Path(__file__).resolve().parent / "fixtures" / "envs"
 TOY = load_env("toy_quad", [ENVS])
@@ -579,7 +579,7 @@ class _FlakyRunner(ExperimentRunner):
     async def run(self, req, *, heartbeat=None, resume=None, cancel_event=None, device_ids=None):
         from temporalio import activity
 
-        from activities.runner import RunnerError
+        from ideaforge.run.runner import RunnerError
 
         if activity.info().attempt > 1:
             return await super().run(

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from activities import sandbox
-from activities.sandbox import is_secret_name, run_sandboxed, scrubbed_env
+from ideaforge.run import sandbox
+from ideaforge.run.sandbox import is_secret_name, run_sandboxed, scrubbed_env
 
 PY = sys.executable
 
@@ -252,7 +252,7 @@ def test_no_orphans_after_normal_exit(tmp_path, isolation):
 
 def test_budget_variables_are_not_mistaken_for_secrets():
     """Whole-word matching: a profile's token budget passes, credentials with TOKEN/KEY words do not."""
-    from activities.sandbox import scrubbed_env
+    from ideaforge.run.sandbox import scrubbed_env
 
     env = scrubbed_env({"IDEAFORGE_TRAIN_TOKENS": "200000", "HF_TOKEN": "hf_x", "MY_API_KEY": "k"}, base={})
     assert env.get("IDEAFORGE_TRAIN_TOKENS") == "200000"
@@ -261,7 +261,7 @@ def test_budget_variables_are_not_mistaken_for_secrets():
 
 def test_loopback_works_inside_the_network_namespace(tmp_path):
     """Isolated from the network, but 127.0.0.1 is up: torchrun's rendezvous and local servers need it."""
-    from activities.sandbox import run_sandboxed, scrubbed_env
+    from ideaforge.run.sandbox import run_sandboxed, scrubbed_env
 
     code = (
         "import socket; a = socket.socket(); a.bind(('127.0.0.1', 0)); a.listen(); "

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from ideaforge.workflows.selection import confirm_candidates, exploit_share, select_parents
+
 from ideaforge.models import IdeaSummary
-from workflows.selection import best_idea, confirm_candidates, exploit_share, ranked, score, select_parents
+from ideaforge.ranking import best_idea, ranked, score
 
 
 def s(i: str, metric: float | None, status: str = "ok", origin: str = "explore", confirmed=()) -> IdeaSummary:

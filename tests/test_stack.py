@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ideaforge import procs, stack
+from ideaforge.cli import procs, stack
 from ideaforge.config import Settings
 
 

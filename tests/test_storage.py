@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from activities import storage
-from activities.storage import LocalStore, S3Store, StorageError, open_store
-from ideaforge import stack
+from ideaforge.cli import stack
+from ideaforge.cli.procs import free_port
 from ideaforge.config import Settings
-from ideaforge.procs import free_port
+from ideaforge.store import artifacts as storage
+from ideaforge.store.artifacts import LocalStore, S3Store, StorageError, open_store
 
 
 @pytest.fixture(params=["local", "s3"])

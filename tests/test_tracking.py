@@ -10,18 +10,8 @@ from pathlib import Path
 import pytest
 from mlflow.entities import Metric
 
-from activities.storage import LocalStore
-from activities.tracking import (
-    PARAM_MAX,
-    Tracker,
-    TrackingError,
-    TrackingUnavailable,
-    epoch_key,
-    experiment_name,
-    flatten,
-    metric_key,
-)
-from ideaforge import stack
+from ideaforge.cli import stack
+from ideaforge.cli.procs import free_port
 from ideaforge.config import Settings
 from ideaforge.models import (
     ArtifactRef,
@@ -35,7 +25,17 @@ from ideaforge.models import (
     Usage,
     idea_id,
 )
-from ideaforge.procs import free_port
+from ideaforge.store.artifacts import LocalStore
+from ideaforge.track.tracker import (
+    PARAM_MAX,
+    Tracker,
+    TrackingError,
+    TrackingUnavailable,
+    epoch_key,
+    experiment_name,
+    flatten,
+    metric_key,
+)
 
 CURVE = [CurvePoint(step=s, value=3.0 - 0.01 * s) for s in range(0, 200, 10)]
 DIFF = (

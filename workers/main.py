@@ -1,6 +1,6 @@
 """Worker process: the orchestrator (workflows), the `cpu` activity queue and training queues.
 
-    python -m workers.main [--queues orchestrator,cpu,cpu-train] [--slots N] [--gpu-type h100]
+    python -m ideaforge.workers.main [--queues orchestrator,cpu,cpu-train] [--slots N] [--gpu-type h100]
 
 A training queue (``cpu-train`` or ``gpu-<type>``) runs at most ``slots`` experiments at once; on a GPU machine
 the slots default to the number of GPUs and each experiment gets its own ``CUDA_VISIBLE_DEVICES``. SIGTERM or
@@ -15,19 +15,19 @@ import logging
 import os
 import signal
 
+from ideaforge.activities.campaign import CampaignActivities
+from ideaforge.activities.experiment import ExperimentActivities
+from ideaforge.workflows.campaign import CampaignWorkflow
+from ideaforge.workflows.idea import IdeaWorkflow
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
-from activities.campaign_activities import CampaignActivities
-from activities.experiment import ExperimentActivities
-from activities.storage import open_store
 from ideaforge import names
 from ideaforge.config import Settings
 from ideaforge.models import training_queue
-from workers.devices import DevicePool, detect_gpus
-from workflows.campaign import CampaignWorkflow
-from workflows.idea import IdeaWorkflow
+from ideaforge.run.devices import DevicePool, detect_gpus
+from ideaforge.store.artifacts import open_store
 
 log = logging.getLogger("ideaforge.worker")
 
@@ -121,7 +121,7 @@ async def serve(settings: Settings, queues: list[str], slots: int | None, gpu_ty
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m workers.main", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m ideaforge.workers.main", description=__doc__.splitlines()[0])
     p.add_argument("--queues", default=os.environ.get("IDEAFORGE_QUEUES", DEFAULT_QUEUES))
     p.add_argument(
         "--slots", type=int, default=None, help="training slots (default: GPUs or IDEAFORGE_TRAIN_SLOTS)"

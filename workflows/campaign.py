@@ -14,6 +14,9 @@ from temporalio import workflow
 from temporalio.common import SearchAttributeKey, WorkflowIDReusePolicy
 
 with workflow.unsafe.imports_passed_through():
+    from ideaforge.workflows.idea import CPU_RETRY, RECORD_RETRY, IdeaWorkflow
+    from ideaforge.workflows.selection import confirm_candidates, exploit_share, select_parents
+
     from ideaforge import names
     from ideaforge.models import (
         CampaignConfig,
@@ -33,9 +36,8 @@ with workflow.unsafe.imports_passed_through():
         SaveStateRequest,
         idea_id,
     )
+    from ideaforge.ranking import best_idea, score
     from ideaforge.rewards import compute_reward
-    from workflows.idea import CPU_RETRY, RECORD_RETRY, IdeaWorkflow
-    from workflows.selection import best_idea, confirm_candidates, exploit_share, score, select_parents
 
 EPOCH = SearchAttributeKey.for_int("Epoch")
 BEST_METRIC = SearchAttributeKey.for_float("BestMetric")

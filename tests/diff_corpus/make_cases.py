@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from activities.diff_repair import render_diff
+from ideaforge.patch.repair import render_diff
 
 C = Path(__file__).resolve().parent
 BASE = {p.name: p.read_bytes().decode() for p in (C / "base").iterdir()}

@@ -382,7 +382,7 @@ def write_tiny_env(root):
     """Create ``root/tiny_llm`` (env.toml + baseline/) and return the loaded ResearchEnv."""
     from pathlib import Path
 
-    from research_envs.registry import load_env_folder
+    from ideaforge.research_envs.registry import load_env_folder
 
     folder = Path(root) / "tiny_llm"
     (folder / "baseline").mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel
 
-from ideaforge import procs
+from ideaforge.cli import procs
 from ideaforge.config import Settings
 from ideaforge.names import SEARCH_ATTRIBUTES
 
@@ -159,7 +159,7 @@ def mlflow_command(settings: Settings, backend_store_uri: str | None = None) -> 
 
 
 def worker_command() -> list[str]:
-    return [sys.executable, "-m", "workers.main"]
+    return [sys.executable, "-m", "ideaforge.workers.main"]
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

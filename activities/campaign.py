@@ -6,16 +6,15 @@ import asyncio
 import logging
 from functools import cached_property
 
+from ideaforge.research_envs.registry import ResearchEnv, load_env
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.dedup import drop_duplicates
-from activities.llm.client import LLMError
-from activities.packaging import pack_patched
-from activities.providers import make_ideator, make_implementer
-from activities.storage import ObjectStore
 from ideaforge import names
 from ideaforge.config import Settings
+from ideaforge.llm.client import LLMError
+from ideaforge.llm.dedup import drop_duplicates
+from ideaforge.llm.providers import make_ideator, make_implementer
 from ideaforge.models import (
     CampaignInput,
     EnvSpec,
@@ -32,7 +31,8 @@ from ideaforge.models import (
     SaveStateRequest,
     idea_id,
 )
-from research_envs.registry import ResearchEnv, load_env
+from ideaforge.patch.package import pack_patched
+from ideaforge.store.artifacts import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class CampaignActivities:
 
     @cached_property
     def tracker(self):  # noqa: ANN201 - imported lazily: mlflow is slow to import
-        from activities.tracking import Tracker
+        from ideaforge.track.tracker import Tracker
 
         return Tracker(self.settings.mlflow_uri, self.store)
 

@@ -17,8 +17,8 @@ import anthropic
 import openai
 from pydantic import BaseModel
 
-from activities.llm.pricing import cost_usd
-from activities.llm.ratelimit import TokenBucket
+from ideaforge.llm.pricing import cost_usd
+from ideaforge.llm.ratelimit import TokenBucket
 from ideaforge.models import ProviderConfig, Usage
 
 log = logging.getLogger(__name__)

@@ -28,9 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from activities.packaging import unpack_zip
-from activities.sandbox import Cancellable, SandboxResult, run_sandboxed, scrubbed_env
-from activities.storage import ObjectStore, StorageError
 from ideaforge.config import Settings
 from ideaforge.models import (
     ArtifactRef,
@@ -41,7 +38,10 @@ from ideaforge.models import (
     RunRequest,
     RunResult,
 )
-from research_envs.registry import ResearchEnv, files_digest, load_env
+from ideaforge.patch.package import unpack_zip
+from ideaforge.research_envs.registry import ResearchEnv, files_digest, load_env
+from ideaforge.run.sandbox import Cancellable, SandboxResult, run_sandboxed, scrubbed_env
+from ideaforge.store.artifacts import ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
 

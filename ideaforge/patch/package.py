@@ -44,7 +44,7 @@ def unpack_zip(data: bytes, dest: Path) -> Path:
 
 def patched_tree(baseline: Path, diff: str | None, dest: Path) -> Path:
     """Copy ``baseline`` to ``dest`` and apply ``diff`` (if any) with git apply."""
-    from activities.patching import apply_diff
+    from ideaforge.patch.apply import apply_diff
 
     shutil.copytree(baseline, dest, ignore=shutil.ignore_patterns(*_SKIP_DIRS))
     if diff:

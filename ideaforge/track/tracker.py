@@ -33,8 +33,8 @@ from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from activities.storage import ObjectStore, StorageError
 from ideaforge.models import ArtifactRef, RecordEpochRequest, RecordIdeaRequest, RecordResult
+from ideaforge.store.artifacts import ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
 

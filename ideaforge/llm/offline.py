@@ -13,8 +13,6 @@ import random
 import re
 from pathlib import Path
 
-from activities.patching import PatchError, apply_search_replace, check_applies, make_diff
-from activities.storage import ObjectStore
 from ideaforge.models import (
     Idea,
     IdeaSummary,
@@ -28,7 +26,9 @@ from ideaforge.models import (
     Variant,
     idea_id,
 )
-from research_envs.registry import ResearchEnv
+from ideaforge.patch.apply import PatchError, apply_search_replace, check_applies, make_diff
+from ideaforge.research_envs.registry import ResearchEnv
+from ideaforge.store.artifacts import ObjectStore
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from activities.patching import PatchError, apply_diff
 from ideaforge.models import SearchReplace
+from ideaforge.patch.apply import PatchError, apply_diff
 
 _FENCE_RE = re.compile(r"^\s*(`{3,}|~{3,})")
 _HUNK_RE = re.compile(r"^@@+\s*(?:-(\d+)(?:,(\d+))?)?")

@@ -15,9 +15,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from activities.storage import ObjectStore, StorageError
 from ideaforge.models import CampaignState, EnvSpec, IdeaSummary
 from ideaforge.rewards import compute_reward
+from ideaforge.store.artifacts import ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from activities.diff_repair import (
+from ideaforge.llm.client import LLMClient, LLMError
+from ideaforge.llm.ideator import direction_text, read_editable
+from ideaforge.llm.prompts import render, render_files
+from ideaforge.models import Implementation, ImplementRequest, ProviderConfig, Usage
+from ideaforge.patch.apply import PatchError, apply_diff, check_applies, check_policy, inspect_diff, make_diff
+from ideaforge.patch.repair import (
     apply_search_replace_fuzzy,
     apply_with_repair,
     extract_diff_text,
@@ -23,13 +28,8 @@ from activities.diff_repair import (
     parse_search_replace,
     resolve_path,
 )
-from activities.llm.client import LLMClient, LLMError
-from activities.llm_ideator import direction_text, read_editable
-from activities.patching import PatchError, apply_diff, check_applies, check_policy, inspect_diff, make_diff
-from activities.prompts import render, render_files
-from activities.storage import ObjectStore
-from ideaforge.models import Implementation, ImplementRequest, ProviderConfig, Usage
-from research_envs.registry import ResearchEnv
+from ideaforge.research_envs.registry import ResearchEnv
+from ideaforge.store.artifacts import ObjectStore
 
 log = logging.getLogger(__name__)
 

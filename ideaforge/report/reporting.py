@@ -19,10 +19,10 @@ from statistics import stdev
 from matplotlib.figure import Figure
 from pydantic import BaseModel, Field
 
-from activities.export import campaign_of
-from activities.tracking import KIND_TAG, Tracker, experiment_name, report_key
 from ideaforge.models import CampaignState, Direction, EnvSpec, IdeaSummary
-from workflows.selection import ranked, score
+from ideaforge.ranking import ranked, score
+from ideaforge.report.export import campaign_of
+from ideaforge.track.tracker import KIND_TAG, Tracker, experiment_name, report_key
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from ideaforge import campaigns
-from ideaforge.campaigns import CampaignError
+from ideaforge.cli import campaigns
+from ideaforge.cli.campaigns import CampaignError
 from ideaforge.config import Settings
 from ideaforge.models import CampaignInput, CampaignStatus, IdeaSummary
 
@@ -49,14 +49,14 @@ def _run(coro) -> Any:
 
 
 async def _client(settings: Settings):
-    from workers.main import connect
+    from ideaforge.workers.main import connect
 
     return await connect(settings)
 
 
 def _saved(settings: Settings, name: str) -> CampaignInput | None:
-    from activities.campaign_activities import load_saved_state
-    from activities.storage import open_store
+    from ideaforge.activities.campaign import load_saved_state
+    from ideaforge.store.artifacts import open_store
 
     return load_saved_state(open_store(settings), name)
 
@@ -67,7 +67,7 @@ def _saved(settings: Settings, name: str) -> CampaignInput | None:
 @app.command()
 def up(worker: bool = typer.Option(True, help="also start the background ideaforge worker")) -> None:
     """Start the local stack (Temporal dev server, MLflow server, worker) in the background."""
-    from ideaforge import stack
+    from ideaforge.cli import stack
 
     settings = Settings.from_env()
     try:
@@ -82,7 +82,7 @@ def up(worker: bool = typer.Option(True, help="also start the background ideafor
 @app.command()
 def down() -> None:
     """Stop the local stack started by `up` (data stays in IDEAFORGE_HOME)."""
-    from ideaforge import stack
+    from ideaforge.cli import stack
 
     stopped = stack.down(Settings.from_env())
     console.print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
@@ -137,7 +137,7 @@ def start(
                 "confirm_top_k": confirm_top_k,
             },
         )
-        from research_envs.registry import EnvError, load_env
+        from ideaforge.research_envs.registry import EnvError, load_env
 
         try:
             spec = load_env(cfg.env, settings.env_paths).spec
@@ -151,7 +151,7 @@ def start(
         err.print(f"[red]error:[/red] {e}")
         _exit(1)
     if stack_up:
-        from ideaforge import stack
+        from ideaforge.cli import stack
 
         try:
             stack.up(settings, with_worker=True)
@@ -264,7 +264,7 @@ def status(
     """Show a campaign's progress (re-attach with --follow), or without a name the local stack's health."""
     settings = Settings.from_env()
     if name is None:
-        from ideaforge import stack
+        from ideaforge.cli import stack
 
         _print_stack(stack.status(settings))
         _exit(0)
@@ -384,7 +384,7 @@ def leaderboard(name: str, top: int = typer.Option(10)) -> None:
         client = await _client(settings)
         saved = _saved(settings, name)
         items = await campaigns.archive(client, name, saved)
-        from research_envs.registry import load_env
+        from ideaforge.research_envs.registry import load_env
 
         env_name = saved.config.env if saved else None
         direction = load_env(env_name, settings.env_paths).spec.direction if env_name else "min"
@@ -410,10 +410,10 @@ def report(
     mlflow: bool = typer.Option(True, help="also log the report to the campaign's MLflow experiment"),
 ) -> None:
     """Plots (best-so-far, execution rate, metric distribution per epoch) and a leaderboard with lineage."""
-    from activities.reporting import log_report_to_mlflow, write_report
-    from activities.storage import open_store
-    from activities.tracking import Tracker
-    from research_envs.registry import load_env
+    from ideaforge.report.reporting import log_report_to_mlflow, write_report
+    from ideaforge.research_envs.registry import load_env
+    from ideaforge.store.artifacts import open_store
+    from ideaforge.track.tracker import Tracker
 
     settings = Settings.from_env()
     saved = _saved_or_exit(settings, name)
@@ -432,9 +432,9 @@ def export(
     name: str, out: Path = typer.Option(Path("exports"), help="output folder (a subfolder per campaign)")
 ) -> None:
     """Executed ideas with rewards as a `datasets` dataset (plus JSONL) for RL training of the ideator."""
-    from activities.export import export_dataset
-    from activities.storage import open_store
-    from research_envs.registry import load_env
+    from ideaforge.report.export import export_dataset
+    from ideaforge.research_envs.registry import load_env
+    from ideaforge.store.artifacts import open_store
 
     settings = Settings.from_env()
     saved = _saved_or_exit(settings, name)
@@ -447,7 +447,7 @@ def export(
 @app.command()
 def envs() -> None:
     """List the research environments that can be used."""
-    from research_envs.registry import available_envs, load_env
+    from ideaforge.research_envs.registry import available_envs, load_env
 
     settings = Settings.from_env()
     t = Table(title="research envs")
@@ -472,7 +472,7 @@ def worker(
     gpu_type: str | None = typer.Option(None),
 ) -> None:
     """Run a worker in the foreground (GPU machines join a deployment with this)."""
-    from workers.main import main as worker_main
+    from ideaforge.workers.main import main as worker_main
 
     args = [
         *(["--queues", queues] if queues else []),

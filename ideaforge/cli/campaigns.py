@@ -32,8 +32,8 @@ from ideaforge.models import (
     IdeaSummary,
     campaign_workflow_id,
 )
-from workflows.campaign import BEST_METRIC, ENV, EPOCH, CampaignWorkflow
-from workflows.selection import ranked
+from ideaforge.ranking import ranked
+from ideaforge.workflows.campaign import BEST_METRIC, ENV, EPOCH, CampaignWorkflow
 
 RUNNING = WorkflowExecutionStatus.RUNNING
 RESUMABLE = {

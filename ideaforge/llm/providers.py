@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from activities.storage import ObjectStore
 from ideaforge.models import IdeateRequest, IdeateResult, Implementation, ImplementRequest, ProviderConfig
-from research_envs.registry import ResearchEnv
+from ideaforge.research_envs.registry import ResearchEnv
+from ideaforge.store.artifacts import ObjectStore
 
 
 class Ideator(Protocol):
@@ -24,10 +24,10 @@ class Implementer(Protocol):
 def make_ideator(provider: ProviderConfig, store: ObjectStore | None = None) -> Ideator:
     """The ideator for ``provider``; ``store`` (LLM providers only) receives the prompt/response transcript."""
     if provider.kind == "offline":
-        from activities.offline import OfflineIdeator
+        from ideaforge.llm.offline import OfflineIdeator
 
         return OfflineIdeator()
-    from activities.llm_ideator import LLMIdeator
+    from ideaforge.llm.ideator import LLMIdeator
 
     return LLMIdeator(provider, store=store)
 
@@ -35,9 +35,9 @@ def make_ideator(provider: ProviderConfig, store: ObjectStore | None = None) -> 
 def make_implementer(provider: ProviderConfig, store: ObjectStore | None = None) -> Implementer:
     """The implementer for ``provider``; ``store`` is a fallback for LLM implementers (implement() passes one)."""
     if provider.kind == "offline":
-        from activities.offline import OfflineImplementer
+        from ideaforge.llm.offline import OfflineImplementer
 
         return OfflineImplementer()
-    from activities.llm_implementer import LLMImplementer
+    from ideaforge.llm.implementer import LLMImplementer
 
     return LLMImplementer(provider, store=store)

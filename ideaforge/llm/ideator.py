@@ -9,12 +9,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from activities.dedup import drop_duplicates
-from activities.llm.client import LLMClient
-from activities.prompts import render, render_files
-from activities.storage import ObjectStore
+from ideaforge.llm.client import LLMClient
+from ideaforge.llm.dedup import drop_duplicates
+from ideaforge.llm.prompts import render, render_files
 from ideaforge.models import Idea, IdeaSummary, IdeateRequest, IdeateResult, ProviderConfig, Usage, idea_id
-from research_envs.registry import ResearchEnv
+from ideaforge.research_envs.registry import ResearchEnv
+from ideaforge.store.artifacts import ObjectStore
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,5 @@
+"""``python -m ideaforge``: the same as the ``ideaforge`` command."""
+
+from ideaforge.cli.commands import main
+
+main()

@@ -1,0 +1,1 @@
+"""Content-addressed artifact storage (a local directory or S3/MinIO)."""

@@ -1,0 +1,1 @@
+"""Experiment tracking in MLflow: one run per idea and per epoch, idempotent under retries."""
