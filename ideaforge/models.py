@@ -140,6 +140,9 @@ class EnvSpec(Strict):
     reward: Reward = Field(default_factory=Reward)
     checkpointing: bool = False
     seed_noise: float | None = None
+    # names of host environment variables whose values are read-only paths the env's commands need (local
+    # model weights under HF_HOME, a tiktoken cache, raw data files): passed through, bound read-only
+    host_paths: list[str] = Field(default_factory=list)
     offline: OfflineCatalogue = Field(default_factory=OfflineCatalogue)
 
     @field_validator("name")
