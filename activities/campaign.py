@@ -16,9 +16,15 @@ from ideaforge.llm.client import LLMError
 from ideaforge.llm.dedup import drop_duplicates
 from ideaforge.llm.providers import make_ideator, make_implementer
 from ideaforge.models import (
+    ArchiveChunk,
+    ArtifactRef,
     CampaignInput,
     EnvSpec,
     Idea,
+    IdeaDone,
+    IdeaOutcome,
+    IdeaResults,
+    IdeaSummary,
     IdeateRequest,
     IdeateResult,
     Implementation,
@@ -29,10 +35,11 @@ from ideaforge.models import (
     RecordIdeaRequest,
     RecordResult,
     SaveStateRequest,
+    SaveStateResult,
     idea_id,
 )
 from ideaforge.patch.package import pack_patched
-from ideaforge.store.artifacts import ObjectStore
+from ideaforge.store.artifacts import ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +58,45 @@ def state_key(campaign: str) -> str:
     return f"campaigns/{campaign}/state.json"
 
 
+def load_archive(store: ObjectStore, head: ArtifactRef | None) -> list[IdeaSummary]:
+    """Every idea in the archive chunks ending at ``head``, oldest first; each chunk is verified by sha256."""
+    chunks: list[list[IdeaSummary]] = []
+    seen: set[str] = set()
+    while head is not None:
+        if head.sha256 in seen:
+            raise StorageError(f"archive chunks form a cycle at {head.uri}")
+        seen.add(head.sha256)
+        chunk = ArchiveChunk.model_validate_json(store.get_bytes(head))
+        chunks.append(chunk.ideas)
+        head = chunk.prev
+    return [s for c in reversed(chunks) for s in c]
+
+
 def load_saved_state(store: ObjectStore, campaign: str) -> CampaignInput | None:
+    """The last saved state, with ``state.archive`` filled with every executed idea (from the store)."""
     raw = store.get_named(state_key(campaign))
-    return CampaignInput.model_validate_json(raw) if raw else None
+    if not raw:
+        return None
+    saved = CampaignInput.model_validate_json(raw)
+    flushed = load_archive(store, saved.state.archive_head)
+    ids = {s.idea_id for s in flushed}
+    saved.state.archive = [*flushed, *(s for s in saved.state.recent if s.idea_id not in ids)]
+    return saved
+
+
+def _as_summary(idea: Idea) -> IdeaSummary:
+    """An idea in flight, as an archive entry for deduplication (not executed yet)."""
+    return IdeaSummary(
+        idea_id=idea.idea_id,
+        epoch=idea.epoch,
+        title=idea.title,
+        text=idea.text[:4000],
+        origin=idea.origin,
+        parent_ids=idea.parent_ids,
+        recipe=idea.recipe,
+        status="failed",
+        seed=idea.seed,
+    )
 
 
 class CampaignActivities:
@@ -76,10 +119,55 @@ class CampaignActivities:
     async def describe_env(self, name: str) -> EnvSpec:
         return self.env(name).spec
 
+    @activity.defn(name=names.TRAIN_SLOTS)
+    async def train_slots(self) -> int:
+        """Training slots of this worker's settings: what a campaign keeps busy unless its config says."""
+        return self.settings.train_slots
+
+    @activity.defn(name=names.IDEA_RESULTS)
+    async def idea_results(self, ids: list[str]) -> IdeaResults:
+        """Outcomes of the given idea workflows that are closed (a re-attaching campaign asks for these)."""
+        from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
+        from temporalio.service import RPCError
+
+        client = activity.client()
+        out = IdeaResults()
+        for wid in ids:
+            handle = client.get_workflow_handle(wid, result_type=IdeaOutcome)
+            try:
+                desc = await handle.describe()
+            except RPCError as e:
+                log.warning("idea %s cannot be described (%s): left in flight", wid, e)
+                continue
+            if desc.status == WorkflowExecutionStatus.RUNNING:
+                continue
+            try:
+                o = await handle.result(follow_runs=False)
+                out.done.append(
+                    IdeaDone(
+                        summary=o.summary,
+                        revisions=o.revisions,
+                        usage=o.usage,
+                        mlflow_run_id=o.mlflow_run_id,
+                        error=(o.error or "")[:2000] or None,
+                    )
+                )
+            except WorkflowFailureError as e:
+                out.ended[wid] = f"idea workflow ended ({desc.status.name.lower()}) without a result: {e}"[:2000]
+        return out
+
     @activity.defn(name=names.IDEATE)
     async def ideate(self, req: IdeateRequest) -> IdeateResult:
-        """Human ideas first (verbatim), then the ideator's, deduplicated before any training time is spent."""
+        """Human ideas first (verbatim), then the ideator's, deduplicated before any training time is spent.
+
+        The request carries a bounded context; the full archive is read here from the store (``archive_ref``),
+        with the ideas in flight, so nothing already tried or running is proposed again."""
         env = self.env(req.env)
+        full = await asyncio.to_thread(load_archive, self.store, req.archive_ref)
+        ids = {s.idea_id for s in full}
+        full += [s for s in req.archive if s.idea_id not in ids]
+        full += [_as_summary(i) for i in req.in_flight]
+        req = req.model_copy(update={"archive": full})
         human = [
             Idea(
                 idea_id=idea_id(req.campaign, req.epoch, i),
@@ -139,8 +227,22 @@ class CampaignActivities:
         return await asyncio.to_thread(self.tracker.record_idea, req)
 
     @activity.defn(name=names.SAVE_STATE)
-    async def save_state(self, req: SaveStateRequest) -> None:
-        await asyncio.to_thread(self.store.put_named, state_key(req.campaign), req.state_json.encode())
+    async def save_state(self, req: SaveStateRequest) -> SaveStateResult:
+        """Append ``new_ideas`` as a chunk (content-addressed, so a retry gives the same ref), save the state."""
+        return await asyncio.to_thread(self._save_state, req)
+
+    def _save_state(self, req: SaveStateRequest) -> SaveStateResult:
+        saved = CampaignInput.model_validate_json(req.state_json)
+        head = req.head
+        if req.new_ideas:
+            chunk = ArchiveChunk(prev=head, ideas=req.new_ideas)
+            head = self.store.put_text(chunk.model_dump_json(), kind="archive")
+            done = {s.idea_id for s in req.new_ideas}
+            saved.state.recent = [s for s in saved.state.recent if s.idea_id not in done]
+        saved.state.archive_head = head
+        saved.state.archive = []
+        self.store.put_named(state_key(req.campaign), saved.model_dump_json().encode())
+        return SaveStateResult(head=head)
 
     def all(self) -> list:
         return [
@@ -151,4 +253,7 @@ class CampaignActivities:
             self.record_epoch,
             self.record_idea,
             self.save_state,
+            self.train_slots,
+            self.idea_results,
         ]
+
