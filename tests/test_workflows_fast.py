@@ -344,14 +344,17 @@ def test_confirmation_reruns_the_best_and_the_baseline_on_fresh_seeds(env, stubs
     assert len(base.confirmed_metrics) == 2
 
 
-def test_ideas_in_flight_survive_continue_as_new_and_are_reattached(env, stubs, tmp_path) -> None:
-    # epoch 0 closes while epoch-1 ideas (one of them slow) are still training: the campaign continues as new
+def test_ideas_in_flight_survive_continue_as_new_and_are_reattached(temporal_env, stubs, tmp_path) -> None:
+    # On the real dev server: the time-skipping server does not apply parent-close policies, so there a
+    # TERMINATE policy would pass this test too (tried). Epoch 0 closes while epoch-1 ideas (one of them
+    # slow) are still training, and the campaign continues as new.
+    client = temporal_env.client
     stubs.slow = {"idea 3": 0.8}
     cfg = config(epochs=2, ideas_per_epoch=2, run_baseline=False, ahead=2)
-    result, store, handle = asyncio.run(run_campaign(env.client, stubs, tmp_path, cfg))
-    assert result.ideas_done == 4 and asyncio.run(campaign_runs(env.client, handle)) >= 2
+    result, store, handle = asyncio.run(run_campaign(client, stubs, tmp_path, cfg))
+    assert result.ideas_done == 4 and asyncio.run(campaign_runs(client, handle)) >= 2
     slow = next(r.idea.idea_id for r in stubs.idea_records if r.idea.title == "idea 3")
-    desc = asyncio.run(env.client.get_workflow_handle(slow).describe())
+    desc = asyncio.run(client.get_workflow_handle(slow).describe())
     assert desc.status == WorkflowExecutionStatus.COMPLETED, "not terminated by the parent's continue-as-new"
     assert desc.parent_run_id != result_run(handle), "started by an earlier run, finished into the last one"
     assert {s.idea_id for s in load_archive(store, result.archive_ref)} == set(stubs.runs)
