@@ -9,7 +9,7 @@ import pytest
 
 from ideaforge.llm.ideator import LLMIdeator, parse_ideas
 from ideaforge.llm.providers import make_ideator
-from ideaforge.models import IdeaSummary, IdeateRequest, ProviderConfig, idea_id
+from ideaforge.models import IdeaSummary, IdeateRequest, ParentStats, ProviderConfig, idea_id
 from ideaforge.store.artifacts import LocalStore
 from tests.fakes.llm_server import FakeLLMServer, write_tiny_env
 
@@ -100,12 +100,30 @@ def test_exploit_and_explore_mix(server, env):
     res = asyncio.run(LLMIdeator(p).propose(req, env))
     prompt = server.requests[0].prompt
     assert "exactly 4 ideas: 2 that improve" in prompt
-    assert f"[id: {parents[0].idea_id}]" in prompt and "metric 0.5, baseline 0.9" in prompt
+    assert f"[id: {parents[0].idea_id}]" in prompt and "metric 0.5, -0.4 vs baseline 0.9" in prompt
     assert "Crashing idea (failed: crashed)" in prompt
     origins = [i.origin for i in res.ideas]
     assert origins == ["exploit", "exploit", "explore", "explore"]
     assert all(i.parent_ids and set(i.parent_ids) <= {p.idea_id for p in parents} for i in res.ideas[:2])
     assert res.transcript is None  # no store given
+
+
+def test_parents_come_with_diff_delta_noise_children_and_inspirations(server, env, store):
+    diff = "--- a/train.py\n+++ b/train.py\n@@ -1 +1 @@\n-LR = 0.1\n+LR = 0.05\n"
+    parent = summary(0, "Lower learning rate", 0.5).model_copy(update={"diff": store.put_text(diff, kind="diff")})
+    other = summary(3, "Gradient clipping", 0.8)
+    p = prov(server)
+    req = request(
+        p, epoch=1, n=2, exploit_share=0.5, parents=[parent], archive=[parent, other], baseline_metric=0.9,
+        noise=0.02, inspirations=[other],
+        parent_stats={parent.idea_id: ParentStats(delta=0.4, children=3, child_deltas=[0.1, None])},
+    )  # fmt: skip
+    asyncio.run(LLMIdeator(p, store=store).propose(req, env))
+    prompt = server.requests[0].prompt
+    assert "-0.4 vs baseline 0.9 ± 0.02 seed noise" in prompt
+    assert "+LR = 0.05" in prompt, "the parent's diff is shown"
+    assert "Children so far: 3" in prompt and "+0.1, failed" in prompt
+    assert "inspiration" in prompt and "Gradient clipping" in prompt
 
 
 @pytest.mark.parametrize("strategy", ["best_of_n", "random"])

@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 MAX_FILE_CHARS = 40_000
 MAX_ARCHIVE_TITLES = 200
+MAX_PARENT_DIFF_CHARS = 3_000  # each parent's diff in the prompt (the context stays bounded)
 
 
 class IdeaDraft(BaseModel):
@@ -173,11 +174,13 @@ class LLMIdeator:
     def _history(self, req: IdeateRequest, show_parents: bool) -> str:
         parts = []
         if show_parents:
-            parts.append("## Parents: the best executed ideas so far")
+            parts.append("## Parents: executed ideas chosen to build on")
             for p in req.parents:
-                parts.append(
-                    f"- [id: {p.idea_id}] {p.title} ({_outcome(p, req.baseline_metric)})\n  {p.text.strip()}"
-                )
+                parts.append(self._parent(p, req))
+            if req.inspirations:
+                parts.append("## Other good ideas (inspiration; combine or contrast)")
+                for s in req.inspirations:
+                    parts.append(f"- {s.title} ({_outcome(s, req.baseline_metric, req.noise)})")
         if req.archive:
             parts.append("## Already tried (do not repeat)")
             for s in req.archive[-MAX_ARCHIVE_TITLES:]:
@@ -186,6 +189,29 @@ class LLMIdeator:
             parts.append("## Already queued by a human (do not repeat)")
             parts.extend(f"- {h.strip()[:200]}" for h in req.human_ideas)
         return "\n".join(parts) or "No ideas have been tried yet."
+
+    def _parent(self, p: IdeaSummary, req: IdeateRequest) -> str:
+        """A parent as the model sees it: outcome (delta vs baseline +- noise), its children, its diff."""
+        lines = [f"- [id: {p.idea_id}] {p.title} ({_outcome(p, req.baseline_metric, req.noise)})", f"  {p.text.strip()}"]
+        stats = req.parent_stats.get(p.idea_id)
+        if stats and stats.children:
+            kids = ", ".join("failed" if d is None else f"{d:+.4g}" for d in stats.child_deltas) or "none finished"
+            lines.append(f"  Children so far: {stats.children} (improvement over the baseline of the last: {kids})")
+        diff = self._diff(p)
+        if diff:
+            lines.append(f"  Its code change:\n```diff\n{diff}\n```")
+        return "\n".join(lines)
+
+    def _diff(self, p: IdeaSummary) -> str | None:
+        """The parent's diff from the store (verified by sha256), cut to MAX_PARENT_DIFF_CHARS."""
+        if p.diff is None or self.store is None:
+            return None
+        try:
+            text = self.store.get_text(p.diff)
+        except Exception as e:  # noqa: BLE001 - a missing diff must not stop ideation
+            log.warning("diff of parent %s not readable: %s", p.idea_id, e)
+            return None
+        return text if len(text) <= MAX_PARENT_DIFF_CHARS else text[:MAX_PARENT_DIFF_CHARS] + "\n... (truncated)"
 
     @staticmethod
     def _accept(drafts: list[IdeaDraft], known: set[str], problems: list[str]) -> list[tuple[IdeaDraft, str]]:
@@ -238,11 +264,13 @@ def _summary(idea: Idea) -> IdeaSummary:
     )
 
 
-def _outcome(s: IdeaSummary, baseline: float | None) -> str:
+def _outcome(s: IdeaSummary, baseline: float | None, noise: float | None = None) -> str:
     if s.status != "ok" or s.metric is None:
         return f"failed: {s.category or 'unknown'}"
-    delta = f", baseline {_fmt(baseline)}" if baseline is not None else ""
-    return f"metric {_fmt(s.metric)}{delta}"
+    if baseline is None:
+        return f"metric {_fmt(s.metric)}"
+    pm = f" ± {noise:.2g} seed noise" if noise else ""
+    return f"metric {_fmt(s.metric)}, {s.metric - baseline:+.4g} vs baseline {_fmt(baseline)}{pm}"
 
 
 def _fmt(x: float | None) -> str:
