@@ -120,13 +120,6 @@ def plan_ideas(
     return plans
 
 
-def select_parents(archive: list[IdeaSummary], direction: Direction, k: int) -> list[IdeaSummary]:
-    """The ``k`` best distinct non-baseline ideas; the baseline only when nothing else succeeded."""
-    r = ranked(archive, direction)
-    non_baseline = [s for s in r if s.origin != "baseline"]
-    return (non_baseline or r)[:k]
-
-
 def exploit_share(epoch: int, epochs: int, start: float, end: float) -> float:
     """Share of exploit ideas: 0 at epoch 0 (nothing to exploit), then rising linearly from start to end."""
     if epoch <= 0:
