@@ -43,21 +43,6 @@ FAKE_AWS = {
 }
 
 
-def _search_attribute_keys() -> list:
-    from temporalio.common import SearchAttributeKey
-
-    make = {
-        "Int": SearchAttributeKey.for_int,
-        "Double": SearchAttributeKey.for_float,
-        "Keyword": SearchAttributeKey.for_keyword,
-        "Text": SearchAttributeKey.for_text,
-        "Bool": SearchAttributeKey.for_bool,
-        "Datetime": SearchAttributeKey.for_datetime,
-        "KeywordList": SearchAttributeKey.for_keyword_list,
-    }
-    return [make[kind](name) for name, kind in SEARCH_ATTRIBUTES.items()]
-
-
 @pytest.fixture(scope="session")
 def temporal_env():
     """A Temporal dev server for the session (``WorkflowEnvironment``); use ``temporal_env.client``."""
@@ -68,7 +53,7 @@ def temporal_env():
     env = asyncio.run(
         WorkflowEnvironment.start_local(
             dev_server_existing_path=stack.temporal_binary(),
-            search_attributes=_search_attribute_keys(),
+            search_attributes=list(SEARCH_ATTRIBUTES),
             data_converter=pydantic_data_converter,
             ip="127.0.0.1",
             port=port,
