@@ -201,3 +201,38 @@ def test_installed_distribution_leaves_only_ideaforge_importable(tmp_path: Path)
 @pytest.mark.parametrize("folder", FOLDER_NAMES)
 def test_mapped_folders_are_not_installed_twice(folder: str) -> None:
     assert not (REPO / "ideaforge" / folder).exists(), f"ideaforge/{folder} would shadow the mapped {folder}/"
+
+
+@pytest.mark.slow
+def test_wheel_holds_only_ideaforge_with_env_data_and_builds_without_warnings(tmp_path: Path) -> None:
+    """A real (non-editable) wheel: one top-level package, every env's files and the prompts inside, and no
+    setuptools warning banner while it builds."""
+    import zipfile
+
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(tmp_path), str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    log = build.stdout + build.stderr
+    assert "absent from the `packages` configuration" not in log
+    assert "SetuptoolsDeprecationWarning" not in log
+    (wheel,) = tmp_path.glob("ideaforge-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names} == {"ideaforge", wheel.name.split("-py3")[0] + ".dist-info"}
+    expected = {m.replace(".", "/") + ("/__init__.py" if p.name == "__init__.py" else ".py") for m, p in MODULES.items()}
+    assert expected <= set(names)
+    for env_dir in (REPO / "research_envs").iterdir():
+        if not (env_dir / "env.toml").is_file():
+            continue
+        on_disk = {
+            p.relative_to(REPO / "research_envs").as_posix()
+            for p in env_dir.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts
+        }
+        assert {f"ideaforge/research_envs/{rel}" for rel in on_disk} <= set(names), env_dir.name
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    prompts = {p.name for p in (REPO / "ideaforge" / "llm" / "prompts").glob("*.md")}
+    assert {f"ideaforge/llm/prompts/{p}" for p in prompts} <= set(names)
