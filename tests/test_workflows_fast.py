@@ -49,8 +49,8 @@ from ideaforge.models import (
     RunRequest,
     RunResult,
     Usage,
-    campaign_workflow_id,
 )
+from ideaforge.names import campaign_workflow_id
 from ideaforge.store.artifacts import LocalStore
 
 FIXTURES = [Path(__file__).parent / "fixtures" / "envs"]

@@ -21,7 +21,7 @@ import random
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import SearchAttributeKey, WorkflowIDReusePolicy
+from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.workflow import ParentClosePolicy
 
@@ -57,22 +57,14 @@ with workflow.unsafe.imports_passed_through():
         RecordResult,
         SaveStateRequest,
         SaveStateResult,
-        idea_id,
     )
+    from ideaforge.names import BEST_METRIC, ENV, EPOCH, experiment_name, idea_id
     from ideaforge.ranking import best_idea, score
-
-EPOCH = SearchAttributeKey.for_int("Epoch")
-BEST_METRIC = SearchAttributeKey.for_float("BestMetric")
-ENV = SearchAttributeKey.for_keyword("Env")
 
 CHUNK = 32  # completed ideas per archive chunk in the store
 MAX_NOTES = 10
 HISTORY_LIMIT = 8_000  # events per run before a continue-as-new (Temporal warns at 10k, fails at 50k)
 N_INSPIRATIONS = 3
-
-
-def experiment_name(campaign: str) -> str:
-    return f"ideaforge/{campaign}"
 
 
 @workflow.defn(name="CampaignWorkflow")
@@ -662,4 +654,4 @@ class CampaignWorkflow:
         workflow.upsert_search_attributes(list(updates))
 
 
-__all__ = ["CampaignWorkflow", "IdeaWorkflow", "experiment_name"]
+__all__ = ["CampaignWorkflow", "IdeaWorkflow"]
