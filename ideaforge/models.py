@@ -259,7 +259,7 @@ class CampaignConfig(Strict):
     schedule: Schedule = "steady"
     slots: int | None = Field(None, ge=1, le=4096)  # training slots to keep busy (default: the worker's)
     ahead: int | None = Field(None, ge=0, le=256)  # proposals implemented and waiting (default: max(1, slots/4))
-    ideate_batch: int = Field(4, ge=1, le=64)  # ideas per ideate call in steady mode
+    ideate_batch: int = Field(16, ge=1, le=256)  # most ideas per ideate call in steady mode (the deficit)
 
     @field_validator("name")
     @classmethod

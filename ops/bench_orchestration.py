@@ -237,7 +237,7 @@ def main() -> None:
     args = p.parse_args()
     for schedule in args.modes.split(","):
         with tempfile.TemporaryDirectory(prefix="ideaforge-bench-") as tmp:
-            envs = make_env(Path(tmp) / "envs", 4 * args.ideas + 10)
+            envs = make_env(Path(tmp) / "envs", 2 * args.ideas + 10)
             settings = Settings(
                 home=Path(tmp) / "home",
                 temporal_address=f"127.0.0.1:{free_port()}",

@@ -79,6 +79,7 @@ class Stubs:
     idea_records: list[RecordIdeaRequest] = field(default_factory=list)
     epoch_records: list[RecordEpochRequest] = field(default_factory=list)
     runs: dict[str, tuple[float, float]] = field(default_factory=dict)  # idea id -> (start, end) of training
+    trained: list[str] = field(default_factory=list)  # idea ids, once per training run
     running: int = 0
     max_running: int = 0
     counter: int = 0
@@ -144,6 +145,7 @@ class Stubs:
             finally:
                 self.running -= 1
             self.runs[req.idea_id] = (start, time.monotonic())
+            self.trained.append(req.idea_id)
             number = int(title.split()[-1]) if title.split()[-1].isdigit() else 0
             return RunResult(status="ok", metric=1.0 - 0.01 * int(changes) - 0.0001 * number)
 
@@ -186,9 +188,11 @@ def config(**kw) -> CampaignConfig:
     return CampaignConfig.model_validate(base)
 
 
-async def run_campaign(client: Client, stubs: Stubs, tmp: Path, cfg: CampaignConfig, during=None):
+async def run_campaign(
+    client: Client, stubs: Stubs, tmp: Path, cfg: CampaignConfig, during=None, search_attributes=None
+):
     """Run ``cfg`` to its end on workers with the stubs; ``during(handle)`` runs alongside. Returns
-    (result, store, handle)."""
+    (result, store, handle). ``during`` may return a new handle (a campaign it restarted) to wait on."""
     store = LocalStore(tmp / "store")
     real = CampaignActivities(Settings(home=tmp / "home", env_paths=FIXTURES), store)
     acts = stubs.activities(real)
@@ -209,9 +213,10 @@ async def run_campaign(client: Client, stubs: Stubs, tmp: Path, cfg: CampaignCon
             CampaignInput(config=cfg),
             id=campaign_workflow_id(cfg.name),
             task_queue=names.ORCHESTRATOR_QUEUE,
+            search_attributes=search_attributes,
         )
         if during is not None:
-            await during(handle)
+            handle = (await during(handle)) or handle
         result = await asyncio.wait_for(handle.result(), 60)
     return result, store, handle
 
@@ -233,7 +238,7 @@ def test_steady_campaign_runs_every_epoch_and_rewards_every_idea(env, stubs, tmp
     result, store, handle = asyncio.run(run_campaign(env.client, stubs, tmp_path, cfg))
     assert result.epochs_completed == 3 and result.ideas_done == 1 + 3 * 4
     archive = load_archive(store, result.archive_ref)
-    assert sorted(s.idea_id for s in archive) == sorted(stubs.runs), "every idea trained once, archived once"
+    assert sorted(s.idea_id for s in archive) == sorted(stubs.trained), "every idea trained once, archived once"
     assert [s.origin for s in archive].count("baseline") == 1
     per_epoch = defaultdict(int)
     for s in archive:
@@ -363,3 +368,18 @@ def test_ideas_in_flight_survive_continue_as_new_and_are_reattached(temporal_env
 def result_run(handle) -> str:  # noqa: ANN001
     desc = asyncio.run(handle.describe())
     return desc.run_id
+
+
+def test_a_terminated_campaign_restarted_from_its_saved_state_loses_no_idea(temporal_env, stubs, tmp_path) -> None:
+    """Crash (terminate) mid-campaign, restart from the saved state as ``ideaforge resume`` does: every planned
+    idea is executed exactly once, including those that were in flight at the crash (re-attached)."""
+    from tests.record_histories import crash_then_resume
+
+    client = temporal_env.client
+    stubs.run_s = 0.1
+    cfg = config(epochs=3, ideas_per_epoch=2)
+    during = crash_then_resume(client, tmp_path / "store", None)
+    result, store, _ = asyncio.run(run_campaign(client, stubs, tmp_path, cfg, during=during))
+    ids = [s.idea_id for s in load_archive(store, result.archive_ref)]
+    assert result.epochs_completed == 3 and result.ideas_done == 1 + 3 * 2
+    assert sorted(ids) == sorted(set(ids)) == sorted(stubs.trained), "each idea trained once and archived once"
