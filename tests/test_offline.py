@@ -25,11 +25,11 @@ def _req(**kw) -> IdeateRequest:
 
 def test_epoch0_ideas_are_distinct_single_changes_with_deterministic_ids() -> None:
     env = load_env("toy_quad", FIXTURES)
-    res = asyncio.run(OfflineIdeator().propose(_req(strategy="best_of_n"), env))
+    res = asyncio.run(OfflineIdeator().propose(_req(max_changes=1), env))
     assert [i.idea_id for i in res.ideas] == [idea_id("c", 0, k) for k in range(4)]
     assert all(i.origin == "explore" and len(i.recipe) == 1 for i in res.ideas)
     assert len({canonical(i.recipe) for i in res.ideas}) == 4
-    again = asyncio.run(OfflineIdeator().propose(_req(strategy="best_of_n"), env))
+    again = asyncio.run(OfflineIdeator().propose(_req(max_changes=1), env))
     assert [i.recipe for i in again.ideas] == [i.recipe for i in res.ideas], "same seed must give same ideas"
 
 
@@ -62,9 +62,9 @@ def test_crossover_combines_two_parents_recipes() -> None:
 
 def test_ideas_past_the_catalogue_are_reported_not_dropped() -> None:
     env = load_env("toy_quad", FIXTURES)
-    res = asyncio.run(OfflineIdeator().propose(_req(n=500, strategy="best_of_n"), env))
-    assert len(res.ideas) < 500
-    assert len(res.errors) == 500 - len(res.ideas)
+    res = asyncio.run(OfflineIdeator().propose(_req(n=60, max_changes=1), env))
+    assert len(res.ideas) < 60
+    assert len(res.errors) == 60 - len(res.ideas)
     assert all("catalogue exhausted" in e for e in res.errors)
 
 

@@ -112,10 +112,9 @@ class OfflineIdeator:
         return [[self._pick_parent(req.parents, rng)] if k < n_exploit else [] for k in range(req.n)]
 
     def _changes(self, req: IdeateRequest, rng: random.Random) -> int:
-        """How many changes an explore idea stacks: 1 (best-of-N), 1..3 uniformly (random), else 1..max
-        with weights 1/k (evolution: mostly single changes, some combinations)."""
-        if req.strategy == "best_of_n":
-            return 1
+        """How many changes an explore idea stacks: 1..3 uniformly (random search), else 1..max_changes with
+        weights 1/k (evolution and best-of-N: mostly single changes, some combinations; best-of-N is
+        evolution without feedback, so both draw explore ideas alike)."""
         if req.strategy == "random":
             return rng.randint(1, 3)
         ks = list(range(1, req.max_changes + 1))
