@@ -227,21 +227,19 @@ class CampaignActivities:
 
     @activity.defn(name=names.SAVE_STATE)
     async def save_state(self, req: SaveStateRequest) -> SaveStateResult:
-        """Append ``new_ideas`` as a chunk (content-addressed, so a retry gives the same ref), save the state."""
+        """Flush ``recent`` as a chunk (content-addressed, so a retry gives the same ref), save the state."""
         return await asyncio.to_thread(self._save_state, req)
 
     def _save_state(self, req: SaveStateRequest) -> SaveStateResult:
         saved = CampaignInput.model_validate_json(req.state_json)
-        head = req.head
-        if req.new_ideas:
-            chunk = ArchiveChunk(prev=head, ideas=req.new_ideas)
-            head = self.store.put_text(chunk.model_dump_json(), kind="archive")
-            done = {s.idea_id for s in req.new_ideas}
-            saved.state.recent = [s for s in saved.state.recent if s.idea_id not in done]
-        saved.state.archive_head = head
-        saved.state.archive = []
+        st = saved.state
+        if req.flush and st.recent:
+            chunk = ArchiveChunk(prev=st.archive_head, ideas=st.recent)
+            st.archive_head = self.store.put_text(chunk.model_dump_json(), kind="archive")
+            st.recent = []
+        st.archive = []
         self.store.put_named(state_key(req.campaign), saved.model_dump_json().encode())
-        return SaveStateResult(head=head)
+        return SaveStateResult(head=st.archive_head)
 
     def all(self) -> list:
         return [

@@ -526,12 +526,12 @@ class RecordResult(Strict):
 
 
 class SaveStateRequest(Strict):
-    """Append ``new_ideas`` as one archive chunk after ``head`` and save the campaign state (as JSON)."""
+    """Save the campaign state (a CampaignInput as JSON); with ``flush``, first append its ``recent`` ideas to
+    the archive as one chunk after its ``archive_head``."""
 
     campaign: str
     state_json: str
-    new_ideas: list[IdeaSummary] = Field(default_factory=list)
-    head: ArtifactRef | None = None
+    flush: bool = False
 
 
 class SaveStateResult(Strict):
@@ -573,7 +573,8 @@ class CampaignState(Strict):
     archive_head: ArtifactRef | None = None
     recent: list[IdeaSummary] = Field(default_factory=list)
     population: list[IdeaSummary] = Field(default_factory=list)
-    children: dict[str, list[float | None]] = Field(default_factory=dict)  # population id -> child deltas
+    children: dict[str, list[float | None]] = Field(default_factory=dict)  # population id -> last child deltas
+    n_children: dict[str, int] = Field(default_factory=dict)  # population id -> children finished
     baseline_metric: float | None = None
     baseline_planned: bool = False
     baseline_done: bool = False  # the baseline finished (ok or not): ideas waiting for it can be rewarded

@@ -383,3 +383,27 @@ def test_a_terminated_campaign_restarted_from_its_saved_state_loses_no_idea(temp
     ids = [s.idea_id for s in load_archive(store, result.archive_ref)]
     assert result.epochs_completed == 3 and result.ideas_done == 1 + 3 * 2
     assert sorted(ids) == sorted(set(ids)) == sorted(stubs.trained), "each idea trained once and archived once"
+
+
+def test_payloads_do_not_grow_with_the_campaign(env, tmp_path) -> None:
+    """The largest event of a campaign's histories (all its runs) stays the same for 3x as many ideas.
+    (best-of-N: the stub's exploit recipes grow with lineage depth, which would blur the comparison.)"""
+    spec = load_env("toy_quad", FIXTURES).spec
+    largest = {}
+    for epochs in (4, 12):
+        st = Stubs(spec=spec, run_s=0.005)
+        cfg = config(epochs=epochs, ideas_per_epoch=4, search={"population": 4, "strategy": "best_of_n"})
+        _, _, handle = asyncio.run(run_campaign(env.client, st, tmp_path / str(epochs), cfg))
+        largest[epochs] = asyncio.run(largest_event(env.client, handle))
+    assert largest[12] <= 1.25 * largest[4], largest  # an archive carried in the state would double it
+
+
+async def largest_event(client: Client, handle) -> int:  # noqa: ANN001
+    size, rid = 0, handle.first_execution_run_id
+    while rid:
+        hist = await client.get_workflow_handle(handle.id, run_id=rid).fetch_history()
+        size = max([size, *(ev.ByteSize() for ev in hist.events)])
+        last = hist.events[-1]
+        cont = last.HasField("workflow_execution_continued_as_new_event_attributes")
+        rid = last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id if cont else None
+    return size

@@ -303,7 +303,7 @@ class CampaignWorkflow:
         human, st.pending_human_ideas = st.pending_human_ideas[:n], st.pending_human_ideas[n:]
         noise = spec.seed_noise or 0.0
         rng = random.Random(f"{cfg.seed}:{st.n_planned}")
-        child_counts = {pid: len(v) for pid, v in st.children.items()}
+        child_counts = dict(st.n_children)
         for idea in st.in_flight.values():
             for pid in idea.parent_ids:
                 child_counts[pid] = child_counts.get(pid, 0) + 1
@@ -488,11 +488,13 @@ class CampaignWorkflow:
             for pid in s.parent_ids:
                 if pid in {p.idea_id for p in st.population}:
                     d = delta(s, st.baseline_metric, direction) if s.status == "ok" else None
-                    st.children[pid] = [*st.children.get(pid, []), d][-CHILD_HISTORY * 4 :]
+                    st.children[pid] = [*st.children.get(pid, []), d][-CHILD_HISTORY:]
+                    st.n_children[pid] = st.n_children.get(pid, 0) + 1
             size = self._config.search.population
             st.population = update_population(st.population, s, direction, size)
             keep = {p.idea_id for p in st.population}
             st.children = {k: v for k, v in st.children.items() if k in keep}
+            st.n_children = {k: v for k, v in st.n_children.items() if k in keep}
         st.recent.append(s)
 
     def _better(self, a: float, b: float) -> bool:
@@ -626,24 +628,22 @@ class CampaignWorkflow:
 
     async def _save_state(self, flush: bool = False) -> None:
         st = self._state
-        new = list(st.recent) if flush else []
+        flushed = {s.idea_id for s in st.recent} if flush else set()
         res = await workflow.execute_activity(
             names.SAVE_STATE,
             SaveStateRequest(
                 campaign=self._config.name,
                 state_json=CampaignInput(config=self._config, state=st).model_dump_json(),
-                new_ideas=new,
-                head=st.archive_head,
+                flush=flush,
             ),
             result_type=SaveStateResult,
             task_queue=names.CPU_QUEUE,
             start_to_close_timeout=timedelta(minutes=2),
             retry_policy=RECORD_RETRY,
         )
-        if new:
+        if flushed:
             st.archive_head = res.head
-            done = {s.idea_id for s in new}
-            st.recent = [s for s in st.recent if s.idea_id not in done]
+            st.recent = [s for s in st.recent if s.idea_id not in flushed]
 
     def _upsert(self, *updates) -> None:
         """Search attributes for the UI and ``ideaforge list``. Only where the campaign was started with its
