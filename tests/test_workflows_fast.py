@@ -217,7 +217,7 @@ async def run_campaign(
         )
         if during is not None:
             handle = (await during(handle)) or handle
-        result = await asyncio.wait_for(handle.result(), 60)
+        result = await asyncio.wait_for(handle.result(), 180)
     return result, store, handle
 
 
@@ -300,13 +300,13 @@ def test_pause_inject_resume_survive_continue_as_new(env, stubs, tmp_path) -> No
     seen = {}
 
     async def during(handle) -> None:  # noqa: ANN001
-        for _ in range(400):  # pause once epoch 0 is planned (baseline + 2 ideas), so it can close while paused
+        for _ in range(3000):  # pause once epoch 0 is planned (baseline + 2 ideas), so it can close while paused
             if (await handle.query(CampaignWorkflow.status)).ideas_planned >= 3:
                 break
             await asyncio.sleep(0.01)
         await handle.signal(CampaignWorkflow.pause)
         await handle.signal(CampaignWorkflow.inject_idea, "Try a human idea: momentum 0.5")
-        for _ in range(400):  # the ideas already in flight finish; epoch 0 closes; the campaign continues
+        for _ in range(3000):  # the ideas already in flight finish; epoch 0 closes; the campaign continues
             st = await handle.query(CampaignWorkflow.status)
             if st.paused and st.ideas_running == 0 and await campaign_runs(env.client, handle) >= 2:
                 break
