@@ -95,7 +95,10 @@ class StandInTraining:
             slot = self.free.pop(0)
             start = time.time()
             try:
-                await asyncio.sleep(run_time(req.idea_id, self.mean, self.cv))
+                deadline = start + run_time(req.idea_id, self.mean, self.cv)
+                while (left := deadline - time.time()) > 0:  # heartbeat like the real activity
+                    activity.heartbeat()
+                    await asyncio.sleep(min(left, 2.0))
             finally:
                 self.free.append(slot)
                 self.free.sort()

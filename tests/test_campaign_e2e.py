@@ -57,7 +57,8 @@ def _idea_runs(mlflow_uri: str, campaign: str) -> list:
 def test_two_epoch_campaign_completes_and_mlflow_matches(served_settings: Settings, temporal_env) -> None:
     client = temporal_env.client
     name = f"e2e-{uuid.uuid4().hex[:6]}"
-    cfg = _config(name)
+    # synchronous epochs, mostly exploiting in epoch 1 (steady scheduling: tests/test_workflows_fast.py)
+    cfg = _config(name, schedule="sync", search={"exploit_start": 1.0, "exploit_end": 1.0})
 
     async def go() -> CampaignResult:
         async with running_worker(client, served_settings):
@@ -240,10 +241,10 @@ def test_pause_and_inject_reach_the_workflow(served_settings: Settings, temporal
 
 def test_confirmation_reruns_top_ideas_on_fresh_seeds(served_settings: Settings, temporal_env) -> None:
     client = temporal_env.client
-    # The offline ideator is seeded by (seed, ideas planned so far), not by the name: any name draws the same
-    # ideas, and seed 1's epoch 0 has ok ideas to confirm.
+    # The offline ideator is seeded by (seed, ideas planned so far), not by the name: with one batch per epoch
+    # (sync) any name draws the same ideas, and seed 1's epoch 0 has ok ideas to confirm.
     name = f"confirm-{uuid.uuid4().hex[:6]}"
-    cfg = _config(name, epochs=1, ideas_per_epoch=3, confirm_top_k=1, confirm_seeds=2)
+    cfg = _config(name, epochs=1, ideas_per_epoch=3, confirm_top_k=1, confirm_seeds=2, schedule="sync")
 
     async def go() -> CampaignResult:
         async with running_worker(client, served_settings):

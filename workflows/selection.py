@@ -42,15 +42,13 @@ def update_population(
 def eligible_parents(
     population: list[IdeaSummary], baseline: float | None, noise: float, direction: Direction
 ) -> list[IdeaSummary]:
-    """Non-baseline ideas not worse than the baseline by more than the noise (all scored ones before a
-    baseline exists); the baseline itself only when nothing else qualifies."""
-    scored = [s for s in ranked(population, direction)]
-    ok = [
+    """Non-baseline ideas not worse than the baseline by more than the noise (every scored one before a
+    baseline exists), best first. Empty: there is nothing to build on yet, so the plan explores."""
+    return [
         s
-        for s in scored
+        for s in ranked(population, direction)
         if s.origin != "baseline" and (baseline is None or (delta(s, baseline, direction) or 0.0) >= -noise)
     ]
-    return ok or [s for s in scored if s.origin == "baseline"]
 
 
 def ucb(s: IdeaSummary, baseline: float | None, noise: float, direction: Direction, children: int, total: int, c: float) -> float:
@@ -107,14 +105,17 @@ def plan_ideas(
         return [IdeaPlan() for _ in range(n)]
     candidates = eligible_parents(population, baseline, noise, direction)
     share = min(share, 1.0 - search.explore_floor)
+    # exploit count: the expected share, rounded stochastically (a batch of one still exploits sometimes)
+    whole, frac = divmod(share * n, 1.0)
+    n_exploit = int(whole) + (rng.random() < frac) if candidates else 0
     plans: list[IdeaPlan] = []
-    for _ in range(n):
-        if not candidates or rng.random() >= share:
+    for k in range(n):
+        if k >= n_exploit:
             plans.append(IdeaPlan())
             continue
-        k = 2 if len(candidates) >= 2 and rng.random() < search.crossover else 1
+        pick = 2 if len(candidates) >= 2 and rng.random() < search.crossover else 1
         parents = choose_parents(
-            candidates, k, child_counts, baseline, noise, direction, search.ucb_c, rng
+            candidates, pick, child_counts, baseline, noise, direction, search.ucb_c, rng
         )
         plans.append(IdeaPlan(parent_ids=[p.idea_id for p in parents]))
     return plans
