@@ -85,8 +85,10 @@ def test_refusals_have_clear_messages():
         repair_diff("--- a/m.py\n+++ b/m.py\n@@ -1 +1 @@\n-VALUE = 3\n+VALUE = 3\n", BASE)
     with pytest.raises(PatchError, match="escapes the codebase"):
         repair_diff("--- /dev/null\n+++ b/../outside.py\n@@ -0,0 +1 @@\n+x = 1\n", BASE)
-    with pytest.raises(PatchError, match="no hunks"):
+    with pytest.raises(PatchError, match="no hunk lines: it looks cut off"):
         repair_diff("--- a/m.py\n+++ b/m.py\n", BASE)
+    with pytest.raises(PatchError, match="no hunks that change anything"):
+        repair_diff("```diff\n--- a/m.py\n+++ b/m.py\n```\nDone.", BASE)
 
 
 def test_resolve_path_variants():

@@ -117,7 +117,7 @@ def test_garbage_gives_patch_failed_with_raw_text_stored(server, env, store):
     p = prov(server)
     out = run(LLMImplementer(p), request(p), env, store)
     assert not out.applies and out.category == "patch_failed"
-    assert "no unified diff" in out.error
+    assert "no change found in the reply" in out.error
     assert store.get_text(out.diff).startswith("I think you should")  # shown back on the next revision
 
 
