@@ -160,7 +160,7 @@ def test_revision_feeds_previous_diff_and_error_back(server, env, store, tmp_pat
     out = run(LLMImplementer(p), req, env, store)
     assert out.applies
     prompt = server.requests[0].prompt
-    assert "Your previous attempt failed" in prompt
+    assert "Your previous reply was not applied" in prompt
     assert "git apply failed: patch does not apply" in prompt and "-LR = 9" in prompt
 
 
@@ -187,4 +187,4 @@ def test_no_op_change_is_a_failure(server, env, store):
     server.push_text(sr("train.py", "LR = 0.1", "LR = 0.1"))
     p = prov(server)
     out = run(LLMImplementer(p), request(p), env, store)
-    assert not out.applies and "identical to the baseline" in out.error
+    assert not out.applies and "leaves every file as it was" in out.error
