@@ -37,15 +37,18 @@ from ideaforge.patch.repair import (
 
 log = logging.getLogger(__name__)
 
+# Words that say the second change REPLACES the first ...
 CORRECTION_RE = re.compile(
-    r"^\W*(wait|actually|oops|hmm+|correction|sorry|on second thought|scratch that)\b"
-    r"|\b(corrected|fixed|revised|updated|final|correct)\s+(unified\s+)?(diff|patch|version|change)\b"
-    r"|\bi made (a|an) (mistake|error|typo)\b|\bignore the (previous|above|first|earlier)\b"
-    r"|\blet me (fix|redo|correct|rewrite|try (that )?again)\b"
-    r"|\b(mistake|error|bug|typo) in (my|the) (previous|above|first|earlier)\b",
+    r"\b(corrected|fixed|revised|updated|final|correct|right|proper)\s+(unified\s+)?(diff|patch|version|change)\b"
+    r"|\binstead\b|\bi made (a|an) (mistake|error|typo)\b|\bignore the (previous|above|first|earlier)\b"
+    r"|\bscratch that\b|\blet me (fix|redo|correct|rewrite|try (that )?again)\b"
+    r"|\b(mistake|error|bug|typo) in (my|the) (previous|above|first|earlier)\b|\b(previous|above) (diff|patch) (is|was) wrong\b",
     re.I,
 )
-SUPPLEMENT_RE = re.compile(r"\b(also|forgot|in addition|additionally|as well)\b", re.I)
+# ... that it ADDS to the first ...
+SUPPLEMENT_RE = re.compile(r"\b(also|forgot|in addition|additionally|as well|missed)\b", re.I)
+# ... or only that the model is having second thoughts (then the overlap of the two changes decides).
+SECOND_THOUGHT_RE = re.compile(r"^\W*(wait|actually|oops|hmm+|sorry|on second thought|hold on)\b", re.I)
 ALTERNATIVE_RE = re.compile(
     r"\b(alternatively|an alternative|another (option|approach|way|variant)|option (2|b|two)|if you prefer"
     r"|you could also|or instead)\b",
@@ -171,39 +174,81 @@ def _change_starts(lines: list[str]) -> list[int]:
 
 
 def select_change(text: str, base: Mapping[str, str]) -> str:
-    """The part of a reply that is the change: the correction after "Wait, ...", the main one before
-    "Alternatively, ...". Refuses a correction that leaves out part of what the first change did."""
+    """The part of a reply that is the change.
+
+    Between two changes, "corrected diff" / "instead" / "I made a mistake" means the second replaces the first;
+    "also" / "forgot" that it adds to it; a bare "Wait," / "Actually," replaces when the second change redoes the
+    same lines, and is refused as unclear otherwise. A replacement that leaves out part of what the first change
+    did is refused. "Alternatively, ..." / "Option 2" before a later change: the main (first) change is taken."""
     lines = text.split("\n")
-    inside = {k for b in fenced_blocks(text) for k in range(b.start, b.end + 1)}
-    starts = _change_starts(lines)
-    prose = [k for k, ln in enumerate(lines) if k not in inside and _is_prose(ln)]
-    corrections = [
-        k
-        for k in prose
-        if CORRECTION_RE.search(lines[k])
-        and not SUPPLEMENT_RE.search(lines[k])
-        and any(s < k for s in starts)
-        and any(s > k for s in starts)
-    ]
-    if corrections:
-        cut = corrections[-1]
+    for _ in range(8):  # one revision marker at a time, latest first
+        inside = {k for b in fenced_blocks("\n".join(lines)) for k in range(b.start, b.end + 1)}
+        starts = _change_starts(lines)
+        between = [
+            k
+            for k, ln in enumerate(lines)
+            if k not in inside and _is_prose(ln) and any(s < k for s in starts) and any(s > k for s in starts)
+        ]
+        marks = [k for k in between if _revision_kind(lines[k]) is not None]
+        if not marks:
+            break
+        cut = marks[-1]
+        kind = _revision_kind(lines[cut])
         first, later = "\n".join(lines[:cut]), "\n".join(lines[cut:])
+        if kind == "supplement":
+            lines[cut] = ""  # both changes stand; look for earlier markers
+            continue
+        replaces = _overlaps(first, later, base)
+        if kind == "second_thought" and replaces is False:
+            raise PatchError(
+                f"the reply revises itself ({lines[cut].strip()[:80]!r}) with a change elsewhere, and it is unclear "
+                "whether that replaces or adds to the first; nothing was applied. Send one complete diff"
+            )
         _check_correction_covers(first, later, base)
         log.info("reply corrects itself at line %d: taking the change after it", cut + 1)
         lines = lines[cut:]
-        text = later
-        inside = {k for b in fenced_blocks(text) for k in range(b.start, b.end + 1)}
-        starts = _change_starts(lines)
-        prose = [k for k, ln in enumerate(lines) if k not in inside and _is_prose(ln)]
+        break
+    inside = {k for b in fenced_blocks("\n".join(lines)) for k in range(b.start, b.end + 1)}
+    starts = _change_starts(lines)
     alternatives = [
         k
-        for k in prose
-        if ALTERNATIVE_RE.search(lines[k]) and any(s < k for s in starts) and any(s > k for s in starts)
+        for k, ln in enumerate(lines)
+        if k not in inside
+        and _is_prose(ln)
+        and ALTERNATIVE_RE.search(ln)
+        and any(s < k for s in starts)
+        and any(s > k for s in starts)
     ]
     if alternatives:
         log.info("reply offers alternatives from line %d: taking the main change", alternatives[0] + 1)
         return "\n".join(lines[: alternatives[0]])
-    return text
+    return "\n".join(lines)
+
+
+def _revision_kind(line: str) -> str | None:
+    if CORRECTION_RE.search(line):
+        return "correction"
+    if SUPPLEMENT_RE.search(line):
+        return "supplement"
+    if SECOND_THOUGHT_RE.search(line):
+        return "second_thought"
+    return None
+
+
+def _overlaps(first: str, later: str, base: Mapping[str, str]) -> bool | None:
+    """Whether the two changes touch the same lines (None when either does not apply on its own)."""
+    try:
+        a, b = _interpret(first, base, None), _interpret(later, base, None)
+    except PatchError:
+        return None
+    for path in set(a) & set(b):
+        old = base.get(path)
+        if old is None:
+            return True
+        ra, rb = _changed_ranges(old, a[path]), _changed_ranges(old, b[path])
+        if any(x < d + 3 and c < y + 3 for x, y in ra for c, d in rb):
+            return True
+    return False
 
 
 def _changed_ranges(old: str, new: str | None) -> list[tuple[int, int]]:
@@ -347,9 +392,11 @@ def expand_elisions(block: list[str], base: list[str], path: str) -> list[str]:
     if not any(ELISION_RE.match(ln) for ln in block):
         return block
     segs: list[list[str]] = [[]]
+    gap_indent: list[int] = []  # indentation of each elision line: it stands for lines at that depth or deeper
     for ln in block:
         if ELISION_RE.match(ln):
             segs.append([])
+            gap_indent.append(len(ln.expandtabs(4)) - len(ln.expandtabs(4).lstrip()))
         else:
             segs[-1].append(ln)
     norm = [" ".join(x.split()) for x in base]
@@ -367,6 +414,8 @@ def expand_elisions(block: list[str], base: list[str], path: str) -> list[str]:
             r0 = pos
         if not gap_after:
             r1 = len(base)
+        else:
+            r1 = _end_of_block(seg, base, r1, gap_indent[k])
         if gap_before:
             out.extend(base[pos:r0])
         out.extend(seg)
@@ -396,6 +445,25 @@ def _locate_segment(seg: list[str], norm: list[str], counts: dict[str, int], pos
     while t < len(sn) and r1 < len(norm) and _similar(sn[t], norm[r1]):
         r1, t = r1 + 1, t + 1
     return r0, r1
+
+
+def _depth(line: str) -> int:
+    x = line.expandtabs(4)
+    return len(x) - len(x.lstrip())
+
+
+def _end_of_block(seg: list[str], base: list[str], r1: int, gap_depth: int) -> int:
+    """A segment that ends inside a block deeper than the elision after it rewrote that block to its end: the
+    file's remaining lines of the block are not part of what the elision stands for."""
+    last = next((x for x in reversed(seg) if x.strip()), "")
+    if _depth(last) <= gap_depth:
+        return r1
+    k = r1
+    while k < len(base) and (not base[k].strip() or _depth(base[k]) > gap_depth):
+        k += 1
+    while k > r1 and not base[k - 1].strip() and not (seg and not seg[-1].strip()):
+        k -= 1  # keep the file's blank separator when the segment does not bring its own
+    return k
 
 
 def _similar(a: str, b: str) -> bool:

@@ -254,9 +254,9 @@ def _hunk_line(line: str, nxt: str, content_set: set[str] | None) -> tuple[str |
 def _check_elisions(h: Hunk, path: str) -> None:
     for tag, text in h.lines:
         if tag.startswith("E"):
-            kind = "removed" if tag == "E-" else "added"
+            kind = "a removed" if tag == "E-" else "an added"
             raise PatchError(
-                f"{path}: an {kind} line is an elision comment ({text.strip()!r}): a diff must spell out every "
+                f"{path}: {kind} line is an elision comment ({text.strip()!r}): a diff must spell out every "
                 "line it removes or adds. Write those lines in full (use a context line ' ...' only for "
                 "unchanged lines)"
             )
@@ -294,6 +294,11 @@ def check_complete(patches: list[FilePatch], ended_in_diff: bool) -> None:
             "Nothing was applied; send the complete diff"
         )
     h = last.hunks[-1]
+    if not any(tag in "+-" for tag, _ in h.lines):
+        raise PatchError(
+            f"the reply ends inside a hunk of {where} before any changed line: it looks cut off. Nothing was "
+            "applied; send the complete diff"
+        )
     added = [t for tag, t in h.lines if tag == "+"]
     removed = [t for tag, t in h.lines if tag == "-"]
     if added and bracket_balance(added) > bracket_balance(removed):
@@ -362,7 +367,7 @@ class _Lines:
         return "".join(b + e for b, e in zip(self.body, eol, strict=True))
 
 
-_Match = tuple[list[tuple[str, str]], int, list[tuple[str, str]]]  # (new lines, end, (file, hunk) line pairs)
+_Match = tuple[list[tuple[str, str]], int, list[tuple[str, str, str]]]  # (new lines, end, (file, hunk, tag))
 
 
 def _walk(f: _Lines, s: int, lines: list[tuple[str, str]], level: int) -> _Match | None:
@@ -370,7 +375,7 @@ def _walk(f: _Lines, s: int, lines: list[tuple[str, str]], level: int) -> _Match
     norm = _LEVELS[level]
     tolerant = level >= _BLANK_TOLERANT
     out: list[tuple[str, str]] = []
-    pairs: list[tuple[str, str]] = []
+    pairs: list[tuple[str, str, str]] = []
     j, i, body = s, 0, f.body
     while i < len(lines):
         tag, text = lines[i]
@@ -398,7 +403,7 @@ def _walk(f: _Lines, s: int, lines: list[tuple[str, str]], level: int) -> _Match
         if j < len(body) and norm(body[j]) == want:
             if tag == " ":
                 out.append(f.keep(j))
-            pairs.append((body[j], text))
+            pairs.append((body[j], text, tag))
             i, j = i + 1, j + 1
             continue
         if level >= _JOINED and j < len(body):
@@ -446,11 +451,32 @@ def _indent(s: str) -> str:
     return s[: len(s) - len(s.lstrip())]
 
 
-def _reindent(added: str, pairs: list[tuple[str, str]]) -> str:
+def _literal_indent(out: list[tuple[str, str]], pairs: list[tuple[str, str, str]]) -> bool:
+    """Whether the added lines already sit at the file's indentation: at the removed lines' depth, or (for a pure
+    insertion) at the depth of the file line just before or after them. Then they are taken as written."""
+    added = _min_indent([t for tag, t in out if tag == "+"])
+    if added is None:
+        return True
+    removed = [fl for fl, _, tag in pairs if tag == "-"]
+    if removed:
+        return added == _min_indent(removed)
+    k = next(i for i, (tag, _) in enumerate(out) if tag == "+")
+    k2 = max(i for i, (tag, _) in enumerate(out) if tag == "+")
+    near = [out[i][1].split("\0", 1)[0] for i in (k - 1, k2 + 1) if 0 <= i < len(out) and out[i][0] == "="]
+    return any(_indent(x) == added for x in near if x.strip())
+
+
+def _min_indent(lines: list[str]) -> str | None:
+    """The shortest indentation among non-blank ``lines`` (None when all are blank)."""
+    ind = [_indent(x) for x in lines if x.strip()]
+    return min(ind, key=lambda i: len(i.expandtabs(4))) if ind else None
+
+
+def _reindent(added: str, pairs: list[tuple[str, str, str]]) -> str:
     """Map the model's indentation onto the file's (tabs vs spaces, uniform shift) using matched pairs."""
     mapping: dict[str, str] = {}
     shifts = set()
-    for file_line, hunk_line in pairs:
+    for file_line, hunk_line, _ in pairs:
         if not hunk_line.strip():
             continue
         fi, hi = _indent(file_line), _indent(hunk_line)
@@ -508,12 +534,13 @@ def apply_hunks(content: str, hunks: list[Hunk], path: str, unique: bool = False
         if hint is not None:
             drift += s - hint
         eol = f.main_eol
+        literal = _literal_indent(out, pairs)
         new_body, new_eol = [], []
         for tag, text in out:
             if tag == "=":
                 b, e = text.split("\0", 1)
             else:
-                b, e = _reindent(text, pairs), eol
+                b, e = (text if literal else _reindent(text, pairs)), eol
             new_body.append(b)
             new_eol.append(e)
         f.body[s:end] = new_body
