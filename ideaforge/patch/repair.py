@@ -422,27 +422,32 @@ def _walk(f: _Lines, s: int, lines: list[tuple[str, str]], level: int) -> _Match
     return out, j, pairs
 
 
+def _canon(s: str) -> str:
+    """Code without whitespace and without the trailing comma a multi-line call may carry before ``)``."""
+    return re.sub(r",(?=[)\]}])", "", s)
+
+
 def _joined_file_lines(body: list[str], j: int, want: str) -> int:
-    acc = ""
+    acc, want = "", _canon(want)
     for k in range(j, min(j + _MAX_JOIN, len(body))):
-        acc += _nows(body[k])
+        acc = _canon(acc + _nows(body[k]))
         if acc == want and k > j:
             return k - j + 1
-        if not want.startswith(acc):
+        if not want.startswith(acc.rstrip(",")):
             return 0
     return 0
 
 
 def _joined_hunk_lines(lines: list[tuple[str, str]], i: int, tag: str, want: str) -> int:
-    acc = ""
+    acc, want = "", _canon(want)
     for k in range(i, min(i + _MAX_JOIN, len(lines))):
         t, text = lines[k]
         if t != tag:
             return 0
-        acc += _nows(text)
+        acc = _canon(acc + _nows(text))
         if acc == want and k > i:
             return k - i + 1
-        if not want.startswith(acc):
+        if not want.startswith(acc.rstrip(",")):
             return 0
     return 0
 
