@@ -188,3 +188,21 @@ def test_no_op_change_is_a_failure(server, env, store):
     p = prov(server)
     out = run(LLMImplementer(p), request(p), env, store)
     assert not out.applies and "leaves every file as it was" in out.error
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "openai"])
+def test_reply_cut_at_the_token_limit_is_not_applied(server, env, store, kind):
+    # a diff that looks complete: only the API's stop reason (max_tokens / length) says it was cut
+    server.push_text("--- a/train.py\n+++ b/train.py\n@@ -3,1 +3,1 @@\n-LR = 0.1\n+LR = 0.05\n", cut_off=True)
+    p = prov(server, kind)
+    out = run(LLMImplementer(p), request(p), env, store)
+    assert not out.applies and out.category == "patch_failed"
+    assert "cut off at the output-token limit" in out.error
+
+
+def test_refusal_message_quotes_the_file_region(server, env, store):
+    server.push_text("```diff\n--- a/train.py\n+++ b/train.py\n@@ -3,1 +3,1 @@\n-LR = 0.3\n+LR = 0.05\n```\n")
+    p = prov(server)
+    out = run(LLMImplementer(p), request(p), env, store)
+    assert not out.applies
+    assert "hunk 1 does not match" in out.error and "    3 | LR = 0.1" in out.error
