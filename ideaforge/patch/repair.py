@@ -251,7 +251,15 @@ def _hunk_line(line: str, nxt: str, content_set: set[str] | None) -> tuple[str |
     return None, "", False
 
 
+MAX_GAPS = 4  # elision lines per hunk
+
+
 def _check_elisions(h: Hunk, path: str) -> None:
+    if sum(tag == GAP for tag, _ in h.lines) > MAX_GAPS:
+        raise PatchError(
+            f"{path}: a hunk has more than {MAX_GAPS} elision lines ('...'): quote the unchanged lines around each "
+            "change instead, as separate hunks"
+        )
     for tag, text in h.lines:
         if tag.startswith("E"):
             kind = "a removed" if tag == "E-" else "an added"
@@ -370,13 +378,18 @@ class _Lines:
 _Match = tuple[list[tuple[str, str]], int, list[tuple[str, str, str]]]  # (new lines, end, (file, hunk, tag))
 
 
-def _walk(f: _Lines, s: int, lines: list[tuple[str, str]], level: int) -> _Match | None:
-    """Match hunk ``lines`` at file line ``s``; return (new lines, end, matched pairs) or None."""
+def _walk(
+    f: _Lines, s: int, lines: list[tuple[str, str]], level: int, memo: dict | None = None, i0: int = 0
+) -> _Match | None:
+    """Match hunk ``lines[i0:]`` at file line ``s``; return (new lines, end, matched pairs) or None.
+
+    ``memo`` caches the matches of the part after an elision gap by (hunk line, file line): they do not depend
+    on where the hunk started, so a hunk with gaps costs O(file x hunk) per placement, not exponential."""
     norm = _LEVELS[level]
     tolerant = level >= _BLANK_TOLERANT
     out: list[tuple[str, str]] = []
     pairs: list[tuple[str, str, str]] = []
-    j, i, body = s, 0, f.body
+    j, i, body = s, i0, f.body
     while i < len(lines):
         tag, text = lines[i]
         if tag == "+":
@@ -384,8 +397,12 @@ def _walk(f: _Lines, s: int, lines: list[tuple[str, str]], level: int) -> _Match
             i += 1
             continue
         if tag == GAP:  # elision: the shortest run of file lines after which the rest matches
+            memo = {} if memo is None else memo
             for j2 in range(j, len(body) + 1):
-                r = _walk(f, j2, lines[i + 1 :], level)
+                key = (i + 1, j2)
+                if key not in memo:
+                    memo[key] = _walk(f, j2, lines, level, memo, i + 1)
+                r = memo[key]
                 if r is not None:
                     return out + [f.keep(k) for k in range(j, j2)] + r[0], r[1], pairs + r[2]
             return None
@@ -397,7 +414,7 @@ def _walk(f: _Lines, s: int, lines: list[tuple[str, str]], level: int) -> _Match
                 j += 1
             i += 1
             continue  # a blank line the model invented: ignore it
-        while tolerant and j < len(body) and body[j].strip() == "":
+        while tolerant and j > s and j < len(body) and body[j].strip() == "":
             out.append(f.keep(j))
             j += 1
         if j < len(body) and norm(body[j]) == want:
@@ -558,9 +575,13 @@ def _check_counts(f: _Lines, h: Hunk, s: int, end: int, new_len: int, path: str)
     """The last hunk of a reply that ends inside it must span as many file lines as its header announces (blank
     lines the model dropped are counted where they are in the file); fewer on either side, and more on neither,
     means the reply was cut off inside the hunk."""
-    blanks = 0
+    blanks = 0  # blank lines around the hunk in the file: a dropped blank context line is no cut
     while end + blanks < len(f.body) and not f.body[end + blanks].strip():
         blanks += 1
+    lead = 0
+    while s - lead - 1 >= 0 and not f.body[s - lead - 1].strip():
+        lead += 1
+    blanks += lead
     old = max(end - s, len(h.old))  # the file span, or the hunk's own lines where it quoted lines not in the file
     new = max(new_len, sum(t in " +" for t, _ in h.lines))
     short_old = h.stated_old is not None and old + blanks < h.stated_old
@@ -581,7 +602,12 @@ def _place(f: _Lines, h: Hunk, hint: int | None, unique: bool, path: str, n: int
             continue  # never turn a misplaced edit into a blind insertion
         vhint = None if hint is None or h.old_start is None else hint + (variant.old_start or 0) - h.old_start
         for level in range(len(_LEVELS)):
-            found = [(s, r) for s in range(len(f.body)) if (r := _walk(f, s, variant.lines, level)) is not None]
+            memo: dict = {}
+            found = [
+                (s, r)
+                for s in _starts(f, variant, level)
+                if (r := _walk(f, s, variant.lines, level, memo)) is not None
+            ]
             if len(found) == 1:
                 return found[0]
             if not found:
@@ -597,6 +623,24 @@ def _place(f: _Lines, h: Hunk, hint: int | None, unique: bool, path: str, n: int
                 f"was applied. Include unchanged lines around the change that occur only once:\n{where}"
             )
     return None
+
+
+def _starts(f: _Lines, h: Hunk, level: int) -> list[int]:
+    """File lines where ``h`` can start: where its first old line matches (cheap filter before the walk)."""
+    first = next(t for tag, t in h.lines if tag in " -")
+    norm = _LEVELS[level]
+    want = norm(first)
+    if want == "" and level >= _BLANK_TOLERANT:
+        return list(range(len(f.body) + 1))
+    if level < _JOINED:
+        return [s for s, b in enumerate(f.body) if norm(b) == want]
+    want = _canon(want)
+    out = []
+    for s, b in enumerate(f.body):
+        have = _canon(_nows(b))
+        if have and (want.startswith(have.rstrip(",")) or have.startswith(want)):
+            out.append(s)
+    return out
 
 
 def _insertion(f: _Lines, h: Hunk, path: str, n: int):
