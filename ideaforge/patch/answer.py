@@ -28,6 +28,7 @@ from ideaforge.patch.repair import (
     apply_search_replace_fuzzy,
     fenced_blocks,
     file_region,
+    from_apply_patch,
     has_search_replace,
     looks_like_diff,
     parse_search_replace,
@@ -95,7 +96,7 @@ def read_answer(
     text: str, base: Mapping[str, str], editable: list[str] | None = None, cut_off: bool = False
 ) -> AppliedAnswer:
     """New file contents meant by the reply ``text`` against ``base`` (path -> content); nothing is written."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = from_apply_patch(text.replace("\r\n", "\n").replace("\r", "\n"))
     if cut_off:
         blocks = fenced_blocks(text)
         if not blocks or not blocks[-1].closed:
@@ -121,7 +122,7 @@ def _has_diff(text: str) -> bool:
 
 def named_files(text: str, base: Mapping[str, str]) -> list[str]:
     """Files a reply's diff headers or SEARCH/REPLACE blocks name (resolved against ``base``)."""
-    text = text.replace("\r\n", "\n")
+    text = from_apply_patch(text.replace("\r\n", "\n"))
     raw = re.findall(r"^(?:---|\+\+\+) (\S+)", text, re.M) + re.findall(r"^diff --git (\S+) (\S+)", text, re.M)
     names = [n for x in raw for n in ([x] if isinstance(x, str) else x)]
     if has_search_replace(text):

@@ -117,9 +117,45 @@ def extract_diff_text(text: str) -> str:
     return _extract(text)[0]
 
 
+_V4A_FILE = re.compile(r"^\*\*\* (Update|Add|Delete) File: (.+?)\s*$")
+
+
+def from_apply_patch(text: str) -> str:
+    """Rewrite OpenAI's apply_patch format (``*** Begin Patch`` / ``*** Update File: P`` / ``@@ anchor``) as a
+    unified diff. An ``@@ anchor`` (a line such as ``class Block``) becomes a context line followed by an elision,
+    so it must match the file and only disambiguates; anything else passes through unchanged."""
+    if "*** Begin Patch" not in text and not re.search(r"(?m)^\*\*\* (Update|Add) File: ", text):
+        return text
+    out: list[str] = []
+    mode = None
+    for line in _normalise(text).split("\n"):
+        m = _V4A_FILE.match(line)
+        if m:
+            mode, path = m.group(1), m.group(2)
+            if mode == "Update":
+                out += [f"--- a/{path}", f"+++ b/{path}"]
+            elif mode == "Add":
+                out += ["--- /dev/null", f"+++ b/{path}", "@@ -0,0 +1 @@"]
+            else:
+                out += [f"--- a/{path}", "+++ /dev/null", "@@ -1 +0,0 @@"]
+            continue
+        if line.startswith(("*** Begin Patch", "*** End Patch", "*** End of File", "*** Move to:")):
+            mode = None if line.startswith("*** End Patch") else mode
+            continue
+        if mode == "Update" and line.startswith("@@"):
+            anchor = line[2:].strip().rstrip("@").strip()
+            if not (out and out[-1] == " # ..."):  # consecutive anchors narrow the same hunk
+                out.append("@@ @@")
+            if anchor:
+                out += [" " + anchor, " # ..."]
+            continue
+        out.append(line)
+    return "\n".join(out)
+
+
 def _extract(text: str) -> tuple[str, bool]:
     """(diff text, whether it came from closed fences). Raises on no diff or a diff in an unclosed fence."""
-    text = _normalise(text)
+    text = from_apply_patch(_normalise(text))
     blocks = [b for b in fenced_blocks(text) if looks_like_diff("\n".join(b.lines))]
     if blocks and not blocks[-1].closed:
         raise PatchError(
@@ -396,15 +432,24 @@ def _walk(
             out.append(("+", text))
             i += 1
             continue
-        if tag == GAP:  # elision: the shortest run of file lines after which the rest matches
+        if tag == GAP:  # elision: the run of file lines after which the rest matches, at one place only
             memo = {} if memo is None else memo
+            hits = []
             for j2 in range(j, len(body) + 1):
                 key = (i + 1, j2)
                 if key not in memo:
                     memo[key] = _walk(f, j2, lines, level, memo, i + 1)
-                r = memo[key]
-                if r is not None:
-                    return out + [f.keep(k) for k in range(j, j2)] + r[0], r[1], pairs + r[2]
+                if memo[key] is not None:
+                    hits.append(j2)
+            if len(hits) > 1:
+                raise PatchError(
+                    f"the lines after an elision ('# ...') or anchor fit {len(hits)} places (lines "
+                    f"{', '.join(str(h + 1) for h in hits[:6])}); nothing was applied. Quote the unchanged lines "
+                    "right around the change instead"
+                )
+            if hits:
+                r = memo[(i + 1, hits[0])]
+                return out + [f.keep(k) for k in range(j, hits[0])] + r[0], r[1], pairs + r[2]
             return None
         want = norm(text)
         if tolerant and want == "":
@@ -663,7 +708,12 @@ def _trimmed(h: Hunk) -> Iterator[Hunk]:
     trail = next((k for k, (t, _) in enumerate(reversed(lines)) if t != " "), len(lines))
     for drop in range(1, max(lead, trail) + 1):
         a, b = min(drop, lead), min(drop, trail)
-        yield Hunk(None if h.old_start is None else h.old_start + a, lines[a : len(lines) - b])
+        part = lines[a : len(lines) - b]
+        while part and part[0][0] == GAP:  # an elision at an edge stands for nothing
+            part, a = part[1:], a + 1
+        while part and part[-1][0] == GAP:
+            part = part[:-1]
+        yield Hunk(None if h.old_start is None else h.old_start + a, part)
 
 
 # --------------------------------------------------------------------------- repair entry points

@@ -332,6 +332,22 @@ case("multi_file", "two_fences_two_files", "nanogpt_speedrun",
      "`model.py`:\n```diff\n" + udiff("nanogpt_speedrun", NANO_RELU2) + "```\n`train_gpt.py`:\n```diff\n"
      + udiff("nanogpt_speedrun", NANO_WARM) + "```\n", NANO_RELU2 + NANO_WARM)
 
+# --------------------------------------------------------------------------- OpenAI apply_patch format
+case("apply_patch_format", "anchored", "tiny_gpt",
+     "I'll tie the embedding and output weights.\n\n*** Begin Patch\n*** Update File: model.py\n@@ class GPT(nn.Module):\n"
+     "         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)\n"
+     "+        self.lm_head.weight = self.wte.weight\n         self.apply(self._init_weights)\n*** End Patch\n", GPT_TIE)
+case("apply_patch_format", "two_anchors_fenced", "nanogpt_speedrun",
+     "```\n*** Begin Patch\n*** Update File: model.py\n@@ class GPT(nn.Module):\n@@     def _init_weights(self, module: nn.Module) -> None:\n"
+     "         if isinstance(module, nn.Linear):\n-            nn.init.normal_(module.weight, mean=0.0, std=0.02)\n"
+     "+            nn.init.normal_(module.weight, mean=0.0, std=0.02 / (2 * self.cfg.n_layer) ** 0.5)\n"
+     "*** End Patch\n```\n", NANO_INIT)
+case("apply_patch_format", "anchor_in_wrong_place", "nanogpt_speedrun",
+     "*** Begin Patch\n*** Update File: model.py\n@@ class Block(nn.Module):\n"
+     "-            nn.init.normal_(module.weight, mean=0.0, std=0.02)\n"
+     "+            nn.init.normal_(module.weight, mean=0.0, std=0.01)\n*** End Patch\n", None,
+     "the removed line occurs twice after the anchor (Linear and Embedding init): which one is unclear")
+
 # --------------------------------------------------------------------------- unrecoverable
 case("unrecoverable", "misremembered_code", "tiny_gpt",
      "```diff\n--- a/train.py\n+++ b/train.py\n@@ -30,4 +30,4 @@\n def get_lr(it):\n-    return max_lr\n"
