@@ -286,6 +286,8 @@ def test_correction_replaces_and_supplement_adds():
     assert "VALUE = 5" in fixed and "VALUE = 4" not in fixed
     both = read_answer(d1 + "I also forgot this part:\n" + d3, BASE).files["m.py"]
     assert "VALUE = 4" in both and "x - 1" in both
+    twice = read_answer(d1 + "To recap, the whole change:\n" + d1, BASE).files["m.py"]
+    assert "VALUE = 4" in twice
     main = read_answer(d1 + "Alternatively, a bigger step:\n" + d2, BASE).files["m.py"]
     assert "VALUE = 4" in main
     with pytest.raises(PatchError, match="unclear whether"):

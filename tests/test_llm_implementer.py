@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 
 import pytest
 
 from ideaforge.llm.implementer import LLMImplementer
 from ideaforge.llm.providers import make_implementer
 from ideaforge.models import Idea, ImplementRequest, ProviderConfig, idea_id
-from ideaforge.patch.apply import apply_diff, make_diff
+from ideaforge.patch.apply import make_diff, patched_tree
 from ideaforge.store.artifacts import LocalStore
 from tests.fakes.llm_server import FakeLLMServer, write_tiny_env
 
@@ -56,10 +55,7 @@ def sr(path: str, search: str, replace: str) -> str:
 
 
 def patched(env, store, ref, tmp_path) -> str:
-    tree = tmp_path / "check"
-    shutil.copytree(env.baseline, tree)
-    apply_diff(store.get_text(ref), tree)
-    return (tree / "train.py").read_text()
+    return (patched_tree(env.baseline, store.get_text(ref), tmp_path / "check") / "train.py").read_text()
 
 
 def run(impl, req, env, store):

@@ -182,6 +182,12 @@ def select_change(text: str, base: Mapping[str, str]) -> str:
     same lines, and is refused as unclear otherwise. A replacement that leaves out part of what the first change
     did is refused. "Alternatively, ..." / "Option 2" before a later change: the main (first) change is taken."""
     lines = text.split("\n")
+    seen: set[str] = set()
+    for b in fenced_blocks(text):  # the same change repeated verbatim ("the final diff again:") counts once
+        body = "\n".join(b.lines).strip()
+        if body in seen and looks_like_diff(body):
+            lines[b.start : b.end + 1] = [""] * (b.end + 1 - b.start)
+        seen.add(body)
     for _ in range(8):  # one revision marker at a time, latest first
         inside = {k for b in fenced_blocks("\n".join(lines)) for k in range(b.start, b.end + 1)}
         starts = _change_starts(lines)
