@@ -295,3 +295,9 @@ def test_correction_replaces_and_supplement_adds():
     d13 = "```diff\n--- a/m.py\n+++ b/m.py\n@@ -2 +2 @@\n-    y = x + 1\n+    y = x - 1\n@@ -7 +7 @@\n-VALUE = 3\n+VALUE = 4\n```\n"
     with pytest.raises(PatchError, match="leaves out part of the first change"):
         read_answer(d13 + "Sorry, here is the corrected diff:\n" + d2, BASE)
+
+
+def test_search_replace_in_an_unclosed_fence_is_cut_off():
+    reply = "m.py\n```\n<<<<<<< SEARCH\nVALUE = 3\n=======\nVALUE = 4\n>>>>>>> REPLACE\n\n<<<<<<< SEARCH\n    y = x"
+    with pytest.raises(PatchError, match="cut off"):
+        read_answer(reply, BASE)

@@ -97,13 +97,17 @@ def read_answer(
 ) -> AppliedAnswer:
     """New file contents meant by the reply ``text`` against ``base`` (path -> content); nothing is written."""
     text = from_apply_patch(text.replace("\r\n", "\n").replace("\r", "\n"))
-    if cut_off:
-        blocks = fenced_blocks(text)
-        if not blocks or not blocks[-1].closed:
-            raise PatchError(
-                "the reply was cut off at the output-token limit inside its change; nothing was applied. "
-                "Send the complete change, as short as possible (a diff, not whole files)"
-            )
+    blocks = fenced_blocks(text)
+    if cut_off and (not blocks or not blocks[-1].closed):
+        raise PatchError(
+            "the reply was cut off at the output-token limit inside its change; nothing was applied. "
+            "Send the complete change, as short as possible (a diff, not whole files)"
+        )
+    if blocks and not blocks[-1].closed:
+        raise PatchError(
+            "the reply stops inside an unclosed ``` block: it looks cut off (output limit?). Nothing was applied; "
+            "send the complete change, as short as possible"
+        )
     part = select_change(text, base)
     files = _interpret(part, base, editable)
     files = {k: v for k, v in files.items() if v != base.get(k) or k not in base}
