@@ -240,7 +240,7 @@ def test_changed_python_must_compile_and_nothing_is_written(tmp_path):
     (tmp_path / "m.py").write_text(BASE["m.py"])
     reply = "--- a/m.py\n+++ b/m.py\n@@ -1,2 +1,2 @@\n def f(x):\n-    y = x + 1\n+    y = (x + 1\n     \n"
     with pytest.raises(PatchError, match=r"does not compile: .*line 2") as e:
-        apply_answer(reply + "```\n", tmp_path)
+        apply_answer("```diff\n" + reply + "```\n", tmp_path)
     assert "    2 |     y = (x + 1" in str(e.value)  # the region after the change is quoted
     assert (tmp_path / "m.py").read_text() == BASE["m.py"]
 
