@@ -348,6 +348,36 @@ case("apply_patch_format", "anchor_in_wrong_place", "nanogpt_speedrun",
      "+            nn.init.normal_(module.weight, mean=0.0, std=0.01)\n*** End Patch\n", None,
      "the removed line occurs twice after the anchor (Linear and Embedding init): which one is unclear")
 
+# --------------------------------------------------------------------------- more replies in the styles models use
+_d = udiff("tiny_gpt", GPT_LR).replace("@@ -18,7 +18,7 @@", "@@ -18,7 +18,7 @@ from model import GPT, GPTConfig, count_params")
+case("clean", "git_section_heading", "tiny_gpt",
+     "I'll double the learning rate; small char-level models tolerate it.\n\nHere's the change to `train.py`:\n\n```diff\n"
+     + _d + "```\n\n- `LEARNING_RATE`: 1e-3 -> 2e-3\n- nothing else changes\n", GPT_LR)
+_f = edited("grpo_math", MATH_TOKEN_MEAN + MATH_KL)["grpo.py"]
+_head, _rest = _f.split("def policy_loss", 1)
+_pl = "def policy_loss" + _rest.split("def main", 1)[0]
+case("elision", "two_elisions_whole_file", "grpo_math",
+     "Token-level loss normalisation (DAPO-style) plus a small KL:\n\n```python\n"
+     + _head.split("TEMPERATURE = 1.0")[0] + "TEMPERATURE = 1.0\n# ... (unchanged) ...\n\n\n" + _pl
+     + "# ... rest of the file unchanged ...\n```\n", MATH_TOKEN_MEAN + MATH_KL)
+case("search_replace", "heading_path_python_fence", "tiny_grpo",
+     "### grpo.py\n\n```python\n<<<<<<< SEARCH\n        seq = decode(policy, prompts, temperature=TEMPERATURE, gen=gen)\n=======\n"
+     "        temp = TEMPERATURE * (1.0 - 0.5 * it / max(1, iterations - 1))\n"
+     "        seq = decode(policy, prompts, temperature=temp, gen=gen)\n>>>>>>> REPLACE\n```\n", GRPO_TEMP)
+_d = udiff("nanogpt_speedrun", NANO_RELU2 + NANO_WARM)
+_parts = _d.split("--- a/train_gpt.py")
+_d = "--- a/train_gpt.py" + _parts[1].replace("@@ -25,", "@@ -31,").replace("+25,", "+31,") + _parts[0].replace("@@ -42,", "@@ -40,").replace("+42,", "+40,")
+case("wrong_line_numbers", "files_swapped_numbers_off", "nanogpt_speedrun", "```diff\n" + _d + "```\n",
+     NANO_RELU2 + NANO_WARM)
+case("truncated", "whole_file_cut", "tiny_gpt",
+     "Full updated model.py:\n\n```python\n" + edited("tiny_gpt", GPT_RMS)["model.py"][:1500], None,
+     "the whole-file answer stops in the middle of the file")
+case("fences_chatter", "trailing_whitespace_stripped_context", "tiny_grpo",
+     "```diff\n" + "\n".join(ln.rstrip() for ln in udiff("tiny_grpo", GRPO_ADV).split("\n")) + "```\n", GRPO_ADV)
+case("unrecoverable", "misquoted_removed_value", "tiny_grpo",
+     "```diff\n--- a/grpo.py\n+++ b/grpo.py\n@@ -19,4 +19,4 @@\n LEARNING_RATE = 3e-4\n-PROMPTS_PER_STEP = 64\n+PROMPTS_PER_STEP = 16\n GROUP_SIZE = 8\n```\n",
+     None, "the removed line says 64, the file says 32: the model edits code it misremembers")
+
 # --------------------------------------------------------------------------- unrecoverable
 case("unrecoverable", "misremembered_code", "tiny_gpt",
      "```diff\n--- a/train.py\n+++ b/train.py\n@@ -30,4 +30,4 @@\n def get_lr(it):\n-    return max_lr\n"
