@@ -67,8 +67,9 @@ def _line(content: str, name: str) -> str:
 
 def answer(kind: str, content: str, rng: random.Random) -> tuple[str, str | None]:
     """(reply text, intended train.py or None) of one answer ``kind`` for the shown ``content``."""
-    lr = f"{rng.choice([0.02, 0.03, 0.08, 0.1, 0.12])}"
-    mom = f"{rng.choice([0.3, 0.5, 0.7, 0.8])}"
+    # values that differ from the shown code (an exploit idea shows its parent's values): never a no-op
+    lr = rng.choice([v for v in ("0.02", "0.03", "0.08", "0.1", "0.12") if _line(content, "LR") != f"LR = {v}"])
+    mom = rng.choice([v for v in ("0.3", "0.5", "0.7", "0.8") if _line(content, "MOMENTUM") != f"MOMENTUM = {v}"])
     new = _set(content, "LR", lr)
     both = _set(new, "MOMENTUM", mom)
     if kind == "clean_diff":
@@ -83,11 +84,11 @@ def answer(kind: str, content: str, rng: random.Random) -> tuple[str, str | None
     if kind == "whole_file":
         return f"Here is the full updated `train.py`:\n\n```python\n{new}```\n", new
     if kind == "self_correction":
-        bad = _set(content, "LR", "5.0")
+        bad = _set(content, "LR", "5.0")  # redone on the same line by the correction
         return (f"```diff\n{_udiff(content, bad)}```\n\nWait, 5.0 would diverge. Here is the corrected diff:\n\n"
                 f"```diff\n{_udiff(content, new)}```\n"), new
     if kind == "alternatives":
-        alt = _set(content, "LR", "0.06")
+        alt = _set(content, "LR", "0.06" if lr != "0.06" else "0.07")
         return (f"```diff\n{_udiff(content, new)}```\n\nAlternatively, a milder change:\n\n```diff\n"
                 f"{_udiff(content, alt)}```\n"), new
     if kind == "elision":
