@@ -163,7 +163,7 @@ def print_table(title: str, rows: list[dict], summary: dict, verbose: bool) -> N
     for cat, c in summary["categories"].items():
         cells = " ".join(f"{c[m].get('right', 0):>12}/{c[m].get('wrong', 0)}/{c[m].get('refused', 0)}".rjust(20) for m in METHODS)
         print(f"{cat:28} {c['n']:>3} {cells}")
-    print("(r/w/x = right / wrong / refused-though-applicable)")
+    print("(r/w/x = right / wrong / refused-though-applicable; for a reply no careful human would apply, right = refused)")
     for m, t in summary["totals"].items():
         print(
             f"{m:16} applicable right {t['applicable_right']}/{t['applicable']}"
