@@ -10,3 +10,13 @@ fi
 # torch is pinned to the CPU build (2.13.0); never let a resolver pull a CUDA build.
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
 .venv/bin/python -m pip install --quiet -e ".[dev]"
+
+# --- PostgreSQL 15 (tests/test_deployment.py: a throwaway cluster, MLflow's backend store, pg_dump/pg_restore)
+if [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null
+  else
+    echo "install.sh: PostgreSQL 15 missing (/usr/lib/postgresql/15/bin); run: apt-get install postgresql-15" >&2
+  fi
+fi
+# --- end PostgreSQL 15
