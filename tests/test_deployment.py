@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 from ideaforge.research_envs.registry import load_env
-from ideaforge.workflows.campaign import experiment_name
+from ideaforge.workflows.campaign import CampaignWorkflow, experiment_name
 from ideaforge.workflows.idea import IdeaWorkflow
 from minio import Minio
 from mlflow.tracking import MlflowClient
@@ -52,6 +52,7 @@ from ideaforge.models import (
     idea_id,
 )
 from ideaforge.store.artifacts import open_store
+from tests.fixtures.changed_idea_workflow import ChangedIdeaWorkflow
 from tests.harness import (
     REPO,
     Loopback,
@@ -66,6 +67,19 @@ from tests.harness import (
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 FIXTURE_ENVS = REPO / "tests" / "fixtures" / "envs"
+
+
+def _load_ops_script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "ops" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+check_replay = _load_ops_script("check_replay")  # the rollout gate
+
 SMOKE = REPO / "ops" / "smoke_deploy.py"
 HOSTS = ("host-a", "host-b")
 
@@ -332,6 +346,20 @@ def test_campaign_then_a_training_host_kill_on_the_deployment(deployment: Deploy
     assert result.epochs_completed == 1 and len(result.archive) == 1 + cfg.ideas_per_epoch
     assert result.baseline_metric is not None
     n_runs = _check_recorded(d, name, result.archive)
+    # the rollout gate (ops/check_replay.py): this code replays the campaign's histories; a changed
+    # IdeaWorkflow does not
+    query = f"WorkflowId STARTS_WITH 'campaign-{name}'"
+    gate = subprocess.run(
+        [sys.executable, str(REPO / "ops" / "check_replay.py"), "--query", query],
+        env=d.envs["orchestrator"], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert gate.returncode == 0, gate.stdout + gate.stderr
+    assert f"replay: {len(result.archive) + 1}/{len(result.archive) + 1} histories" in gate.stdout, gate.stdout
+    n, failures = asyncio.run(check_replay.check(
+        Settings(home=d.root, temporal_address=d.envs["orchestrator"]["IDEAFORGE_TEMPORAL_ADDRESS"]), query, 100,
+        workflows=[CampaignWorkflow, ChangedIdeaWorkflow],
+    ))  # fmt: skip
+    assert n == len(result.archive) + 1 and len(failures) == len(result.archive), failures
 
     # 2. a training host is kill -9ed mid-run; the experiment resumes on the other host from the S3 checkpoint
     inp = _baseline_input(f"{name}-kill")
