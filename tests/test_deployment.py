@@ -413,6 +413,8 @@ def test_postgres_backup_and_restore_brings_the_mlflow_runs_back(deployment: Dep
     with dump.open("wb") as out:
         _pg(d, "pg_dump", "-Fc", "mlflow", stdout=out)
     dumped_s = time.monotonic() - t0
+    down = d.smoke()  # while MLflow is stopped, the smoke check says so
+    assert down.returncode == 1 and "FAIL mlflow health" in down.stdout, down.stdout
     _pg(d, "dropdb", "mlflow")  # the disaster
     assert "mlflow" not in d.pg.psql("SELECT datname FROM pg_database").split()
     t1 = time.monotonic()
