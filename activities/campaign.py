@@ -29,8 +29,8 @@ from ideaforge.models import (
     RecordIdeaRequest,
     RecordResult,
     SaveStateRequest,
-    idea_id,
 )
+from ideaforge.names import idea_id
 from ideaforge.patch.package import pack_patched
 from ideaforge.store.artifacts import ObjectStore
 
@@ -127,8 +127,7 @@ class CampaignActivities:
         diff = self.store.get_text(req.diff) if req.diff else None
         data = await asyncio.to_thread(pack_patched, env.baseline, diff)
         ref = await asyncio.to_thread(self.store.put_bytes, data, "code")
-        files = sum(1 for p in env.baseline.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-        return Package(code=ref, files=files)
+        return Package(code=ref)
 
     @activity.defn(name=names.RECORD_EPOCH)
     async def record_epoch(self, req: RecordEpochRequest) -> RecordResult:

@@ -16,7 +16,8 @@ from ideaforge.research_envs.registry import load_env
 
 from ideaforge import names
 from ideaforge.config import Settings
-from ideaforge.models import Idea, IdeaInput, IdeaOutcome, ProviderConfig, idea_id
+from ideaforge.models import Idea, IdeaInput, IdeaOutcome, ProviderConfig
+from ideaforge.names import idea_id
 from ideaforge.patch.answer import apply_answer
 from ideaforge.patch.apply import PatchError
 from ideaforge.store.artifacts import open_store

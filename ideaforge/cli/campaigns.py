@@ -24,16 +24,10 @@ from temporalio.common import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from ideaforge import names
-from ideaforge.models import (
-    CampaignConfig,
-    CampaignInput,
-    CampaignResult,
-    CampaignStatus,
-    IdeaSummary,
-    campaign_workflow_id,
-)
+from ideaforge.models import CampaignConfig, CampaignInput, CampaignResult, CampaignStatus, IdeaSummary
+from ideaforge.names import BEST_METRIC, ENV, EPOCH, campaign_of_workflow_id, campaign_workflow_id
 from ideaforge.ranking import ranked
-from ideaforge.workflows.campaign import BEST_METRIC, ENV, EPOCH, CampaignWorkflow
+from ideaforge.workflows.campaign import CampaignWorkflow
 
 RUNNING = WorkflowExecutionStatus.RUNNING
 RESUMABLE = {
@@ -204,8 +198,12 @@ async def list_campaigns(client: Client) -> list[dict[str, Any]]:
         if wf.id in rows:
             continue  # newest run first
         sa = wf.typed_search_attributes
+        try:
+            name = campaign_of_workflow_id(wf.id)
+        except ValueError:
+            name = wf.id  # started by hand under another id: still listed, by its workflow id
         rows[wf.id] = {
-            "name": wf.id.removeprefix("campaign-"),
+            "name": name,
             "status": wf.status.name.lower() if wf.status else "?",
             "env": sa.get(ENV),
             "epoch": sa.get(EPOCH),

@@ -19,6 +19,7 @@ from ideaforge.cli import campaigns
 from ideaforge.cli.campaigns import CampaignError
 from ideaforge.config import Settings
 from ideaforge.models import CampaignInput, CampaignStatus, IdeaSummary
+from ideaforge.names import experiment_name
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(soft_wrap=True)
@@ -167,7 +168,7 @@ def start(
             f"  Temporal UI: http://127.0.0.1:{settings.temporal_ui_port}/namespaces/"
             f"{settings.temporal_namespace}/workflows/{cfg.workflow_id}"
         )
-        console.print(f"  MLflow UI:   {settings.mlflow_uri}  (experiment ideaforge/{cfg.name})")
+        console.print(f"  MLflow UI:   {settings.mlflow_uri}  (experiment {experiment_name(cfg.name)})")
         if follow:
             await _follow(client, cfg.name)
 

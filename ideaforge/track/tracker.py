@@ -38,7 +38,6 @@ from ideaforge.store.artifacts import ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
 
-EXPERIMENT_PREFIX = "ideaforge/"
 KEY_TAG = "ideaforge.key"
 KIND_TAG = "ideaforge.kind"
 PARENT_TAG = "mlflow.parentRunId"
@@ -67,10 +66,6 @@ class TrackingError(RuntimeError):
 
 class TrackingUnavailable(RuntimeError):
     """The MLflow server cannot be reached or failed (5xx): retry later (Temporal's retry policy does)."""
-
-
-def experiment_name(campaign: str) -> str:
-    return f"{EXPERIMENT_PREFIX}{campaign}"
 
 
 def epoch_key(campaign: str, epoch: int) -> str:
@@ -270,16 +265,12 @@ class Tracker:
         with self._errors(f"terminating run {run_id}"):
             self.client.set_terminated(run_id, status)
 
-    def get_run(self, run_id: str) -> Run:
-        with self._errors(f"reading run {run_id}"):
-            return self.client.get_run(run_id)
-
     # ------------------------------------------------------------------ epochs
 
     def record_epoch(self, req: RecordEpochRequest) -> RecordResult:
         """Open (or find) the epoch's parent run; with ``req.summary``, log it and finish the run."""
         self.ping()
-        eid = self.experiment_id(req.experiment or experiment_name(req.campaign))
+        eid = self.experiment_id(req.experiment)
         tags = {
             "ideaforge.campaign": req.campaign,
             "ideaforge.epoch": str(req.epoch),
@@ -305,7 +296,7 @@ class Tracker:
     def record_idea(self, req: RecordIdeaRequest) -> RecordResult:
         """One run per idea (nested under the epoch run): params, metrics, curve, artifacts, final status."""
         self.ping()
-        eid = self.experiment_id(req.experiment or experiment_name(req.campaign))
+        eid = self.experiment_id(req.experiment)
         run, created = self.ensure_run(
             eid, req.idea.idea_id, req.idea.title or req.idea.idea_id, _idea_tags(req)
         )
@@ -362,47 +353,6 @@ class Tracker:
                 missing.append(name)
                 return None
             raise  # a store outage: let the activity retry
-
-    # ------------------------------------------------------------------ queries
-
-    def list_campaign_runs(self, campaign: str, kind: str = "idea") -> list[dict[str, Any]]:
-        """Active runs of ``kind`` (idea/epoch/report) in the campaign's experiment, sorted by key."""
-        with self._errors(f"reading experiment of {campaign!r}"):
-            exp = self.client.get_experiment_by_name(experiment_name(campaign))
-        if exp is None:
-            return []
-        runs: list[Run] = []
-        token: str | None = None
-        with self._errors(f"listing runs of {campaign!r}"):
-            while True:
-                page = self.client.search_runs(
-                    [exp.experiment_id],
-                    filter_string=f"tags.`{KIND_TAG}` = '{kind}'",
-                    run_view_type=ViewType.ACTIVE_ONLY,
-                    max_results=1000,
-                    page_token=token,
-                )
-                runs.extend(page)
-                token = page.token
-                if not token:
-                    break
-        rows = [
-            {
-                "run_id": r.info.run_id,
-                "run_name": r.info.run_name,
-                "status": r.info.status,
-                "key": r.data.tags.get(KEY_TAG),
-                "idea_id": r.data.tags.get("ideaforge.idea_id"),
-                "epoch": int(r.data.tags["ideaforge.epoch"]) if "ideaforge.epoch" in r.data.tags else None,
-                "parent_run_id": r.data.tags.get(PARENT_TAG),
-                "tags": dict(r.data.tags),
-                "params": dict(r.data.params),
-                "metrics": dict(r.data.metrics),
-                "artifact_uri": r.info.artifact_uri,
-            }
-            for r in runs
-        ]
-        return sorted(rows, key=lambda row: (row["key"] or "", row["run_id"]))
 
 
 # ---------------------------------------------------------------------- idea run content
