@@ -174,9 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     from ideaforge.cli.procs import free_port
     from ideaforge.config import Settings
     from ideaforge.models import CampaignConfig, ProviderConfig
+    from ideaforge.names import SEARCH_ATTRIBUTES
     from ideaforge.patch.apply import patched_tree
     from ideaforge.store.artifacts import open_store
-    from tests.conftest import _search_attribute_keys
     from tests.fakes.llm_server import FakeLLMServer
 
     tmp = Path(tempfile.mkdtemp(prefix="ideaforge-execbench-"))
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     replayer = Replayer(args.seed)
     env = asyncio.run(
         WorkflowEnvironment.start_local(
-            dev_server_existing_path=stack.temporal_binary(), search_attributes=_search_attribute_keys(),
+            dev_server_existing_path=stack.temporal_binary(), search_attributes=list(SEARCH_ATTRIBUTES),
             data_converter=pydantic_data_converter, ip="127.0.0.1", port=port, ui=False,
             dev_server_log_level="error",
         )
