@@ -7,6 +7,7 @@ Usage::
         srv.push_error(429, retry_after_ms=10)         # a rate limit with a retry-after-ms header
         srv.push_error(500)
         srv.push_text("...", delay=0.3, input_tokens=100, output_tokens=20)
+        srv.push_text("--- a/x.py ...", cut_off=True)   # stop reason max_tokens (Anthropic) / length (OpenAI)
         ProviderConfig(kind="anthropic", base_url=srv.anthropic_base_url, ...)   # no /v1
         ProviderConfig(kind="openai", base_url=srv.openai_base_url, ...)         # ends in /v1
         srv.requests    # list[RecordedRequest]: path, headers (lower-case names), parsed JSON body
@@ -58,6 +59,7 @@ class FakeReply:
     delay: float = 0.0
     input_tokens: int | None = None
     output_tokens: int | None = None
+    cut_off: bool = False  # answer as if the output-token limit was hit (max_tokens / length)
 
 
 @dataclass
@@ -244,7 +246,7 @@ class FakeLLMServer:
                 "role": "assistant",
                 "model": model,
                 "content": [{"type": "text", "text": text}],
-                "stop_reason": "end_turn",
+                "stop_reason": "max_tokens" if reply.cut_off else "end_turn",
                 "stop_sequence": None,
                 "usage": {"input_tokens": tin, "output_tokens": tout},
             }
@@ -255,7 +257,11 @@ class FakeLLMServer:
                 "created": int(time.time()),
                 "model": model,
                 "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": "length" if reply.cut_off else "stop",
+                    }
                 ],
                 "usage": {"prompt_tokens": tin, "completion_tokens": tout, "total_tokens": tin + tout},
             }
