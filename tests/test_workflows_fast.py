@@ -407,3 +407,19 @@ async def largest_event(client: Client, handle) -> int:  # noqa: ANN001
         cont = last.HasField("workflow_execution_continued_as_new_event_attributes")
         rid = last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id if cont else None
     return size
+
+
+def test_the_archive_read_back_is_verified_chunk_by_chunk(env, stubs, tmp_path) -> None:
+    from ideaforge.store.artifacts import StorageError
+
+    cfg = config(epochs=2, ideas_per_epoch=3)
+    result, store, _ = asyncio.run(run_campaign(env.client, stubs, tmp_path, cfg))
+    assert len(load_archive(store, result.archive_ref)) == result.ideas_done == 7
+    chunks = sorted((tmp_path / "store").rglob("cas/archive/*/*"))
+    assert len(chunks) >= 2, "one chunk per flush, linked"
+    first = min(chunks, key=lambda p: p.stat().st_mtime)
+    first.write_bytes(first.read_bytes().replace(b"idea", b"IDEA", 1))  # tamper with the oldest chunk
+    with pytest.raises(StorageError, match="sha256"):
+        load_archive(store, result.archive_ref)
+    with pytest.raises(StorageError):
+        load_saved_state(store, cfg.name)
