@@ -203,7 +203,7 @@ def test_mlflow_outage_is_retried_and_nothing_is_lost(
     print(
         f"\nMLflow down 8s: server restart {restart_s:.1f}s, campaign done {drain_s:.1f}s after it was back"
     )
-    assert len(result.archive) == 4
+    assert result.ideas_done == 4  # result.archive is the bounded population; the store has every idea
     assert runs == 4, "every idea recorded exactly once"
 
 
