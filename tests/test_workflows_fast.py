@@ -423,3 +423,34 @@ def test_the_archive_read_back_is_verified_chunk_by_chunk(env, stubs, tmp_path) 
         load_archive(store, result.archive_ref)
     with pytest.raises(StorageError):
         load_saved_state(store, cfg.name)
+
+
+def test_cancel_stops_the_campaign_and_its_ideas_in_flight(env, stubs, tmp_path) -> None:
+    """Idea children are ABANDONed (they outlive a continue-as-new), so a cancelled campaign cancels them."""
+    from temporalio.client import WorkflowFailureError
+
+    stubs.run_s = 30.0
+    cfg = config(epochs=2, ideas_per_epoch=2)
+    seen = {}
+
+    async def during(handle):  # noqa: ANN001, ANN202
+        for _ in range(3000):
+            st = await handle.query(CampaignWorkflow.status)
+            if len(st.in_flight) >= 3:
+                break
+            await asyncio.sleep(0.01)
+        seen["in_flight"] = st.in_flight
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        for _ in range(3000):
+            states = [(await env.client.get_workflow_handle(i).describe()).status for i in st.in_flight]
+            if all(s != WorkflowExecutionStatus.RUNNING for s in states):
+                break
+            await asyncio.sleep(0.01)
+        seen["states"] = states
+        raise asyncio.CancelledError  # nothing left to wait for
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(run_campaign(env.client, stubs, tmp_path, cfg, during=during))
+    assert seen["states"] and all(s == WorkflowExecutionStatus.CANCELED for s in seen["states"]), seen
