@@ -154,7 +154,7 @@ def test_campaign_survives_a_temporal_server_kill_and_restart(
                 await asyncio.sleep(3)
                 await asyncio.to_thread(stack.start_temporal, s, 60)
                 result = await asyncio.wait_for(handle.result(), 300)
-                return f"{result.epochs_completed}/{len(result.archive)}", time.monotonic() - killed
+                return f"{result.epochs_completed}/{result.ideas_done}", time.monotonic() - killed
 
         summary, recovery_s = asyncio.run(go())
     finally:
