@@ -16,6 +16,12 @@ from tests.fakes.llm_server import FakeLLMServer, write_tiny_env
 KEY = "sk-ideator-SECRET-42"
 
 
+@pytest.fixture(autouse=True)
+def lexical_dedup(monkeypatch):
+    """Fast tests use the lexical dedup (the embedding model takes ~10 s to load; tests/test_dedup.py has it)."""
+    monkeypatch.setenv("IDEAFORGE_DEDUP", "lexical")
+
+
 @pytest.fixture
 def env(tmp_path):
     return write_tiny_env(tmp_path / "envs")
