@@ -131,6 +131,22 @@ def direction_text(env: ResearchEnv) -> str:
     return "lower is better" if env.spec.direction == "min" else "higher is better"
 
 
+def system_prompt(env: ResearchEnv) -> str:
+    """The ideator's stable prompt prefix (instructions, env, guidance, code): the same for every call."""
+    guidance = env.spec.ideator_guidance.strip()
+    return render(
+        "ideate_system",
+        env_name=env.spec.name,
+        description=env.spec.description.strip(),
+        metric=env.spec.metric,
+        direction_text=direction_text(env),
+        editable=", ".join(env.spec.editable_files),
+        protected=", ".join(env.spec.protected_files) or "none",
+        guidance=f"\n## Guidance for this environment\n{guidance}\n" if guidance else "",
+        files=render_files(read_editable(env)),
+    )
+
+
 # --------------------------------------------------------------------------- the per-call context
 
 
@@ -260,9 +276,10 @@ class LLMIdeator:
             return IdeateResult(ideas=[])
         exploit_ok = req.strategy == "evolution" and bool(req.parents)
         n_exploit = min(n, round(req.exploit_share * n)) if exploit_ok else 0
-        system = self._system(env)
+        system = system_prompt(env)
         budget = Budget(req.budget_left_usd)
-        seen = self.deduper.index(req.archive)  # shared by all calls: first come, first kept
+        # shared by all calls (first come, first kept); embedding the archive runs off the event loop
+        seen = await asyncio.to_thread(self.deduper.index, req.archive)
         known = {s.idea_id for s in req.archive} | {s.idea_id for s in req.parents}
         plans = plan_calls(n, n_exploit, self.provider.ideas_per_call)
         outcomes = await asyncio.gather(
@@ -296,20 +313,6 @@ class LLMIdeator:
             rejected_duplicates=sum(o.rejected for o in outcomes),
             errors=errors,
             transcript=transcript,
-        )
-
-    def _system(self, env: ResearchEnv) -> str:
-        guidance = env.spec.ideator_guidance.strip()
-        return render(
-            "ideate_system",
-            env_name=env.spec.name,
-            description=env.spec.description.strip(),
-            metric=env.spec.metric,
-            direction_text=direction_text(env),
-            editable=", ".join(env.spec.editable_files),
-            protected=", ".join(env.spec.protected_files) or "none",
-            guidance=f"\n## Guidance for this environment\n{guidance}\n" if guidance else "",
-            files=render_files(read_editable(env)),
         )
 
     async def _run_call(
