@@ -311,3 +311,30 @@ def test_lenient_parser_keeps_ideas_before_a_cut():
     drafts, problems = parse_ideas_lenient(text)
     assert [d.title for d in drafts] == ["Alpha idea"] and problems == []
     assert parse_ideas_lenient("nothing")[0] == []
+
+
+def test_a_refinement_of_its_own_parent_is_kept(server, env):
+    """Exploit ideas restate much of their parent: dedup never compares an idea with its own lineage."""
+    parent = summary(
+        0, "Cosine decay", 0.5, "Decay the learning rate with a cosine from 0.1 to zero over training."
+    )
+    other = summary(
+        1, "Cosine decay again", 0.6, "Decay the learning rate with a cosine from 0.1 to zero over training!"
+    )
+    p = prov(server)
+    refined = {
+        "title": "Cosine decay",
+        "description": "Decay the learning rate with a cosine from 0.1 to zero over training, plus 3 warmup steps.",
+    }
+    server.push_text(json.dumps({"ideas": [{**refined, "parent_ids": [parent.idea_id]}]}))
+    server.push_text(
+        json.dumps({"ideas": [{**refined, "parent_ids": []}]})
+    )  # cites no parent: a repeat of both
+    req = request(p, epoch=1, n=1, exploit_share=1.0, parents=[parent], archive=[parent])
+    res = asyncio.run(LLMIdeator(p).propose(req, env))
+    assert [i.parent_ids for i in res.ideas] == [[parent.idea_id]] and res.rejected_duplicates == 0
+    # the same text citing no parent repeats an executed idea: rejected
+    p0 = prov(server, max_retries=0)
+    req = request(p0, epoch=1, n=1, exploit_share=0.0, parents=[parent], archive=[parent, other])
+    res = asyncio.run(LLMIdeator(p0).propose(req, env))
+    assert res.ideas == [] and res.rejected_duplicates == 1

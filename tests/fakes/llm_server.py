@@ -32,6 +32,22 @@ When the script queue is empty the server answers in **smart mode** (``smart=Tru
   ``implement_fn(path, content, prompt) -> str`` replaces that behaviour (return the whole reply text).
 
 The server never logs request headers; tests read them from ``requests`` to check the key was sent.
+
+Token limits, thinking, reasoning, caching (as the real APIs):
+
+- a reply longer than the token limit is cut (4 characters a token) with ``stop_reason "max_tokens"``
+  (Anthropic) / ``finish_reason "length"`` (OpenAI); thinking and reasoning tokens count inside the limit, so a
+  reasoning model whose reasoning takes the whole ``max_completion_tokens`` returns empty content;
+- Anthropic ``thinking`` ({"type": "enabled", "budget_tokens": N} or {"type": "adaptive"}) spends
+  ``thinking_tokens`` (default 1500, at most the budget) and returns a thinking block; OpenAI reasoning models
+  (o1/o3/o4/gpt-5) spend ``reasoning_tokens_by_effort[reasoning_effort]``; ``FakeReply.thinking_tokens`` overrides;
+- malformed parameters get HTTP 400 ``invalid_request_error`` (``param_problem``): budget_tokens < 1024 or >=
+  max_tokens, temperature != 1 with thinking, ``max_tokens`` or temperature != 1 on an OpenAI reasoning model,
+  ``reasoning_effort`` on a non-reasoning gpt model, unknown effort values;
+- prompt caching: an Anthropic prefix up to the last ``cache_control`` block (>= 1024 tokens) is written on first
+  sight and read afterwards (``cache_creation_input_tokens`` / ``cache_read_input_tokens``, excluded from
+  ``input_tokens``); an OpenAI system prompt of >= 1024 tokens seen before is reported in
+  ``prompt_tokens_details.cached_tokens`` (128-token steps, included in ``prompt_tokens``).
 """
 
 from __future__ import annotations
