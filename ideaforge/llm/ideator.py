@@ -277,7 +277,7 @@ class LLMIdeator:
         exploit_ok = req.strategy == "evolution" and bool(req.parents)
         n_exploit = min(n, round(req.exploit_share * n)) if exploit_ok else 0
         system = system_prompt(env)
-        budget = Budget(req.budget_left_usd)
+        budget = Budget(None if req.budget_left_usd is None else max(0.0, req.budget_left_usd))
         # shared by all calls (first come, first kept); embedding the archive runs off the event loop
         seen = await asyncio.to_thread(self.deduper.index, req.archive)
         known = {s.idea_id for s in req.archive} | {s.idea_id for s in req.parents}
@@ -364,17 +364,20 @@ class LLMIdeator:
                     answer_tokens = min(MAX_ANSWER_TOKENS, answer_tokens * 2)
                 else:
                     ask = max(1, min(ask, missing) // 2)
-            fresh = self._check_parents(drafts, plan.mode, known, problems)
-            new, dup = self.deduper.admit(
-                [(d.title, d.description, d.parent_ids) for d, _ in fresh], seen, req.archive
-            )
+            dup = 0
+            for draft, origin in self._check_parents(drafts, plan.mode, known, problems):
+                if len(out.kept) >= plan.n:
+                    break  # extra ideas are not taken (nor remembered as seen)
+                (keep,), _ = self.deduper.admit([(draft.title, draft.description, draft.parent_ids)], seen)
+                if keep:
+                    out.kept.append((draft, origin))
+                else:
+                    dup += 1
             out.rejected += dup
             if dup:
                 problems.append(
                     f"{dup} idea(s) repeated an idea already tried or proposed; propose different ones"
                 )
-            out.kept.extend(f for f, keep in zip(fresh, new, strict=True) if keep)
-            del out.kept[plan.n :]
             out.errors.extend(f"{label}, attempt {attempt + 1}: {p}" for p in problems)
             feedback = problems
             if len(out.kept) >= plan.n:
