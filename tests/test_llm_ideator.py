@@ -338,3 +338,35 @@ def test_a_refinement_of_its_own_parent_is_kept(server, env):
     req = request(p0, epoch=1, n=1, exploit_share=0.0, parents=[parent], archive=[parent, other])
     res = asyncio.run(LLMIdeator(p0).propose(req, env))
     assert res.ideas == [] and res.rejected_duplicates == 1
+
+
+def test_ideate_activity_gives_an_80_idea_epoch_on_a_cpu_env(server, tmp_path):
+    """The campaign's ideate activity (as the worker runs it) on the tiny_gpt CPU env: 80 ideas asked, at
+    least 76 distinct ones back, numbered after the human idea, with usage and the env's guidance sent."""
+    from ideaforge.activities.campaign import CampaignActivities
+    from temporalio.testing import ActivityEnvironment
+
+    from ideaforge.config import Settings
+
+    archive = winners(30)
+    acts = CampaignActivities(Settings(home=tmp_path / "home"), LocalStore(tmp_path / "store"))
+    p = prov(server, concurrency=4, price_in_per_mtok=3.0, price_out_per_mtok=15.0)
+    req = IdeateRequest(
+        campaign="big",
+        env="tiny_gpt",
+        epoch=1,
+        n=81,
+        seed=3,
+        provider=p,
+        exploit_share=0.5,
+        parents=archive[:4],
+        archive=archive,
+        baseline_metric=2.35,
+        human_ideas=["Try RMSNorm."],
+    )
+    res = asyncio.run(ActivityEnvironment().run(acts.ideate, req))
+    llm = [i for i in res.ideas if i.origin != "human"]
+    assert len(llm) == 80 and len({(i.title, i.text) for i in llm}) >= 76
+    assert [i.index for i in res.ideas] == list(range(81)) and res.ideas[0].origin == "human"
+    assert res.usage.calls >= 8 and res.usage.cost_usd > 0
+    assert all("Guidance for this environment" in r.system for r in server.requests)
