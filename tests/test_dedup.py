@@ -108,6 +108,11 @@ def test_labelled_pairs_embedding_precision_recall(monkeypatch):
     d = Deduper("embedding")  # the packaged model, loaded offline
     r = evaluate(d)
     assert r["precision"] >= 0.75 and r["recall"] >= 0.8, r
-    assert (
-        d.similarity("Cosine learning rate decay to zero", "Anneal the LR with a half-cosine down to 0") > 0.6
+    # the model sees meaning where words differ, and the values rule separates a changed value
+    assert d.is_duplicate(
+        "Weight tying. Share the token embedding matrix with the output head.",
+        "Tie the lm_head weights to the input embedding table.",
+    )
+    assert not d.is_duplicate(
+        "KL penalty 0.05 to the reference policy.", "KL penalty 0.1 to the reference policy."
     )
