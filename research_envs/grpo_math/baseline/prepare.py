@@ -4,7 +4,7 @@ Policy (IDEAFORGE_POLICY): a Hugging Face model id already in the local cache un
 ``Qwen/Qwen2.5-Math-1.5B``, fetched once with ``huggingface-cli download`` on a connected machine). Every file
 of the cached snapshot is checked against the digest the cache names it by (sha256 for LFS files, the git
 blob hash for the rest) and copied to $IDEAFORGE_DATA/policy-init/. ``tiny-qwen2``: a randomly initialised
-2-layer Qwen2 built from a transformers config, with a character-level tokenizer that has a chat template
+2-layer Qwen2 built from a transformers config, with a byte-level tokenizer (no merges) that has a chat template
 (CPU smoke profile; no files needed).
 Problems (IDEAFORGE_MATH_SOURCE): ``dir``: $IDEAFORGE_MATH_DIR holds ``train.jsonl`` (MATH train, 7,500 rows),
 ``test.jsonl`` (MATH-500) and ``SHA256SUMS``; rows have ``problem`` and ``answer`` (or a ``solution`` with a
@@ -53,17 +53,18 @@ def git_blob_sha1(path: Path) -> str:
 
 
 def build_tiny(dest: Path) -> None:
-    """A random-init Qwen2 (seed 0) and a character-level tokenizer with a chat template, written to ``dest``."""
+    """A random-init Qwen2 (seed 0) and a byte-level tokenizer with a chat template, written to ``dest``."""
     import torch
-    from tokenizers import Tokenizer, decoders, models
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    chars = ["\n", *[chr(i) for i in range(32, 127)]]
-    vocab = {t: i for i, t in enumerate([*specials, *chars])}
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="?"))
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())  # byte-level BPE without merges: one token per byte
+    vocab = {t: i for i, t in enumerate([*specials, *alphabet])}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
     core.add_special_tokens(specials)
-    core.decoder = decoders.Fuse()
     tok = PreTrainedTokenizerFast(
         tokenizer_object=core, eos_token="<|endoftext|>", pad_token="<|endoftext|>", chat_template=CHAT_TEMPLATE
     )

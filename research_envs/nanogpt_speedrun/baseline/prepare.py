@@ -143,7 +143,7 @@ def main() -> None:
     eval_dir.mkdir(parents=True, exist_ok=True)
     with open(data_dir / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if [*data_dir.glob(f"{name}_train_*.bin")] and [*eval_dir.glob(f"{name}_val_*.bin")]:
+        if (data_dir / f"{name}-manifest.json").is_file():  # written last: a half-done prepare starts over
             print(f"{name} shards already in {data_dir} and {eval_dir}")
             return
         val_tokens = data.val_tokens() + 1
