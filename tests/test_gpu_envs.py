@@ -13,6 +13,7 @@ import importlib
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -335,3 +336,22 @@ def test_grpo_evaluator_refuses_pickles_and_other_architectures(tiny_policy) -> 
     (saved / "config.json").write_text(json.dumps(cfg | {"num_hidden_layers": 3}))
     with pytest.raises(SystemExit):
         m["evaluate"].check_policy(saved, init)
+
+
+# --------------------------------------------------------------------------------------------- budget
+
+
+@pytest.mark.slow  # starts torchrun / a child interpreter
+@pytest.mark.parametrize(("name", "trainer"), [("nanogpt_speedrun", "train_gpt.py"), ("grpo_math", "grpo.py")])
+def test_the_launcher_kills_training_that_ignores_the_deadline(tmp_path: Path, name: str, trainer: str) -> None:
+    env = load_env(name)
+    work = tmp_path / "code"
+    shutil.copytree(env.baseline, work)
+    (work / trainer).write_text("import time\nwhile True:\n    time.sleep(1)\n")  # never stops, never saves
+    penv = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
+    penv |= env.spec.profiles["smoke"] | {"IDEAFORGE_DATA": str(tmp_path / "d"), "IDEAFORGE_OUT": str(tmp_path / "o"),
+                                          "IDEAFORGE_TIME_BUDGET_S": "3", "IDEAFORGE_SAVE_GRACE_S": "2"}  # fmt: skip
+    res = subprocess.run([sys.executable, "-I", str(work / "launch.py")], env=penv, cwd=work,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert res.returncode != 0
+    assert "ran past the 3s budget plus 2s" in res.stderr

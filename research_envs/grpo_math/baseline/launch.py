@@ -20,8 +20,46 @@ sys.path.insert(0, str(HERE))
 
 import problems  # noqa: E402
 
-SAVE_GRACE_S = 120.0
+SAVE_GRACE_S = float(os.environ.get("IDEAFORGE_SAVE_GRACE_S", "120.0"))  # a profile setting; training cannot change it
 POLL_S = 1.0
+
+
+def die_with_parent() -> None:
+    """In the child: get SIGKILL when this launcher dies, even by SIGKILL (Linux prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (torchrun starts its workers in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            found.append(c)
+            todo.append(c)
+    return found
+
+
+def kill_tree(child: subprocess.Popen, signum: int) -> None:
+    """Send ``signum`` to the training process, its process group and every descendant, then reap it."""
+    for pid in [child.pid, *descendants(child.pid)]:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(child.pid, signum)
+    except ProcessLookupError:
+        pass
+    child.wait()
 
 
 def main() -> None:
@@ -31,19 +69,17 @@ def main() -> None:
     deadline = t0 + budget
     out = problems.out_dir()
     env = {**os.environ, "IDEAFORGE_DEADLINE": repr(deadline)}
-    child = subprocess.Popen([sys.executable, "grpo.py"], cwd=HERE, env=env, start_new_session=True)
+    child = subprocess.Popen([sys.executable, "grpo.py"], cwd=HERE, env=env, start_new_session=True, preexec_fn=die_with_parent)
 
     def forward(signum: int, _frame) -> None:
-        os.killpg(child.pid, signum)
-        child.wait()
+        kill_tree(child, signum)
         sys.exit(128 + signum)
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
     while child.poll() is None:
         if time.time() > deadline + SAVE_GRACE_S:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
+            kill_tree(child, signal.SIGKILL)
             raise SystemExit(f"training ran past the {budget:.0f}s budget plus {SAVE_GRACE_S:.0f}s to save: killed")
         time.sleep(POLL_S)
     elapsed = time.time() - t0

@@ -24,7 +24,7 @@ sys.path.insert(0, str(HERE))
 
 import data  # noqa: E402
 
-SAVE_GRACE_S = 60.0
+SAVE_GRACE_S = float(os.environ.get("IDEAFORGE_SAVE_GRACE_S", "60.0"))  # a profile setting; training cannot change it
 POLL_S = 1.0
 
 
@@ -48,6 +48,44 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def die_with_parent() -> None:
+    """In the child: get SIGKILL when this launcher dies, even by SIGKILL (Linux prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (torchrun starts its workers in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            found.append(c)
+            todo.append(c)
+    return found
+
+
+def kill_tree(child: subprocess.Popen, signum: int) -> None:
+    """Send ``signum`` to the training process, its process group and every descendant, then reap it."""
+    for pid in [child.pid, *descendants(child.pid)]:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(child.pid, signum)
+    except ProcessLookupError:
+        pass
+    child.wait()
+
+
 def main() -> None:
     nproc = world_size()
     t0 = time.time()
@@ -57,11 +95,10 @@ def main() -> None:
     snapdir = out / "snapshots"
     env = {**os.environ, "IDEAFORGE_DEADLINE": repr(deadline)}
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "train_gpt.py"]
-    child = subprocess.Popen(argv, cwd=HERE, env=env, start_new_session=True)
+    child = subprocess.Popen(argv, cwd=HERE, env=env, start_new_session=True, preexec_fn=die_with_parent)
 
     def forward(signum: int, _frame) -> None:
-        os.killpg(child.pid, signum)
-        child.wait()
+        kill_tree(child, signum)
         sys.exit(128 + signum)
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -76,8 +113,7 @@ def main() -> None:
                     seen[p.name] = (now - t0, sha256(p))
         if now > deadline + SAVE_GRACE_S:
             overran = True
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
+            kill_tree(child, signal.SIGKILL)
             break
         time.sleep(POLL_S)
     elapsed = time.time() - t0
