@@ -26,7 +26,9 @@ def test_up_status_idempotent_down(settings: Settings) -> None:
     st = stack.up(settings, with_worker=False, timeout_s=120)
     try:
         assert st.healthy
-        t, m, w = (st.services[n] for n in ("temporal", "mlflow", "worker"))
+        t, m, w, sup = (st.services[n] for n in ("temporal", "mlflow", "worker", "supervisor"))
+        assert sup.running and sup.pid
+        assert [p.service for p in st.problems()] == ["worker"]  # not asked for, so reported down
         assert t.running and t.healthy and t.pid and t.url == settings.temporal_address
         assert m.running and m.healthy and m.pid and m.url == settings.mlflow_uri
         assert not w.running and w.pid is None
@@ -51,9 +53,10 @@ def test_up_status_idempotent_down(settings: Settings) -> None:
         again = stack.up(settings, with_worker=False, timeout_s=60)
         assert again.services["temporal"].pid == t.pid
         assert again.services["mlflow"].pid == m.pid
+        assert again.services["supervisor"].pid == sup.pid
     finally:
         stopped = stack.down(settings)
-    assert sorted(stopped) == ["mlflow", "temporal"]
+    assert sorted(stopped) == ["mlflow", "supervisor", "temporal"]
     assert _listening(settings) == []
     after = stack.status(settings)
     assert not after.healthy and after.services["temporal"].pid is None
