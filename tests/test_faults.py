@@ -144,7 +144,7 @@ def test_campaign_survives_a_temporal_server_kill_and_restart(
             async with running_worker(client, s):
                 handle, _ = await campaigns.start(client, cfg)
                 for _ in range(300):
-                    _, st, _ = await campaigns.status(client, name)
+                    st = (await campaigns.status(client, name)).live
                     if st and st.ideas_running:
                         break
                     await asyncio.sleep(0.1)
@@ -183,7 +183,7 @@ def test_mlflow_outage_is_retried_and_nothing_is_lost(
             async with running_worker(client, s):
                 handle, _ = await campaigns.start(client, cfg)
                 for _ in range(300):
-                    _, st, _ = await campaigns.status(client, name)
+                    st = (await campaigns.status(client, name)).live
                     if st and st.ideas_running:
                         break
                     await asyncio.sleep(0.1)

@@ -120,7 +120,6 @@ class Tracker:
         self.store = store
         self.client = MlflowClient(tracking_uri=self.uri)
         self.ping_timeout_s = ping_timeout_s
-        self._experiments: dict[str, str] = {}
 
     # ------------------------------------------------------------------ plumbing
 
@@ -156,9 +155,10 @@ class Tracker:
             )
 
     def experiment_id(self, name: str) -> str:
-        """Id of experiment ``name``, created (or restored) if needed; safe when several workers race."""
-        if name in self._experiments:
-            return self._experiments[name]
+        """Id of experiment ``name``, created (or restored) if needed; safe when several workers race.
+
+        Looked up each time (one ~10 ms call): a campaign deleted and started again under the same name gets
+        a new experiment, and a cached id would point at the deleted one."""
         with self._errors(f"getting experiment {name!r}"):
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
@@ -175,7 +175,6 @@ class Tracker:
                 if exp.lifecycle_stage == "deleted":
                     log.warning("restoring deleted MLflow experiment %s", name)
                     self.client.restore_experiment(eid)
-        self._experiments[name] = eid
         return eid
 
     def runs_by_key(self, experiment_id: str, key: str) -> list[Run]:
@@ -362,6 +361,19 @@ class Tracker:
                 missing.append(name)
                 return None
             raise  # a store outage: let the activity retry
+
+    def delete_campaign(self, campaign: str) -> bool:
+        """Delete the campaign's experiment, renamed first so that its name is free for a new campaign
+        (MLflow keeps a deleted experiment's name). Returns False when there was none."""
+        name = experiment_name(campaign)
+        with self._errors(f"deleting experiment {name!r}"):
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                return False
+            self.client.rename_experiment(exp.experiment_id, f"{name} (deleted {exp.experiment_id})")
+            if exp.lifecycle_stage != "deleted":
+                self.client.delete_experiment(exp.experiment_id)
+        return True
 
     # ------------------------------------------------------------------ queries
 
