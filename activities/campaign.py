@@ -141,6 +141,18 @@ class CampaignActivities:
     @activity.defn(name=names.SAVE_STATE)
     async def save_state(self, req: SaveStateRequest) -> None:
         await asyncio.to_thread(self.store.put_named, state_key(req.campaign), req.state_json.encode())
+        await self._sync_rewards(req)
+
+    async def _sync_rewards(self, req: SaveStateRequest) -> None:
+        """Rewards known only now (ideas that finished before the baseline) reach their MLflow runs; an MLflow
+        outage does not hold the saved state back (the next save tries again)."""
+        from ideaforge.track.tracker import TrackingError, TrackingUnavailable
+
+        archive = CampaignInput.model_validate_json(req.state_json).state.archive
+        try:
+            await asyncio.to_thread(self.tracker.sync_rewards, req.campaign, archive)
+        except (TrackingError, TrackingUnavailable) as e:
+            log.warning("rewards of %s not synced to MLflow yet: %s", req.campaign, e)
 
     def all(self) -> list:
         return [

@@ -5,6 +5,7 @@ Counts never include the baseline (it is shown on its own line); epochs are show
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime
 from typing import TextIO
@@ -151,8 +152,8 @@ def rich_view(view: CampaignView, ideas: list[IdeaProgress], direction: str, now
         title=f"campaign {view.name}  ({view.state}, running for {fmt_duration(age)})", show_header=False
     )
     top.add_row("epoch", epoch_text(view))
-    if view.live is not None:
-        top.add_row("phase", view.live.phase)
+    if view.live is not None:  # the workflow counts epochs from 0 in its phase text; the display from 1
+        top.add_row("phase", re.sub(r"^epoch \d+: ", "", view.live.phase))
     top.add_row("ideas", f"{c['done']} done, {c['failed']} failed, {c['running']} running, {c['queued']} queued")
     top.add_row("baseline", base_txt)
     top.add_row("best", f"{fmt_metric(best)} ({best_id}){vs_baseline(best, base, direction)}")

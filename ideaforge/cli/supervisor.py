@@ -61,6 +61,8 @@ class Supervisor:
         return True
 
     def _start(self, child: Child) -> None:
+        if child.name == stack.WORKER:
+            self._clean_work_dirs()
         try:
             stack.launch(self.settings, child.name)
         except stack.StackError as e:
@@ -77,6 +79,16 @@ class Supervisor:
         child.seen = True
         if child.name == stack.TEMPORAL:
             self._after_temporal_start()
+
+    def _clean_work_dirs(self) -> None:
+        """Attempt folders of runs killed with their worker (no live process uses them) are removed."""
+        try:
+            removed = procs.remove_stale_dirs(self.settings.home / "work")
+        except OSError as e:
+            log.warning("cannot clean stale attempt folders: %s", e)
+            return
+        for path in removed:
+            log.info("removed stale attempt folder %s", path)
 
     def _after_temporal_start(self) -> None:
         try:

@@ -24,7 +24,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from ideaforge.models import ArtifactRef, RecordEpochRequest, RecordIdeaRequest, RecordResult
+from ideaforge.models import ArtifactRef, IdeaSummary, RecordEpochRequest, RecordIdeaRequest, RecordResult
 from ideaforge.store.artifacts import ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
@@ -42,11 +42,13 @@ EXPERIMENT_PREFIX = "ideaforge/"
 KEY_TAG = "ideaforge.key"
 KIND_TAG = "ideaforge.kind"
 PARENT_TAG = "mlflow.parentRunId"
+EPOCH_RUN_TAG = "ideaforge.epoch_run_id"
 TERMINAL = frozenset({"FINISHED", "FAILED", "KILLED"})
 PARAM_MAX = 6000  # MLflow's limit on a param value
 TAG_MAX = 8000  # MLflow's limit on a tag value
 KEY_MAX = 250  # MLflow's limit on a param/metric/tag key
 RUN_NAME_MAX = 120
+PREVIEW_DIFF = "patch.diff.txt"  # the same diff under a name the MLflow UI shows inline
 _BATCH_METRICS = 1000
 _BATCH_PARAMS = 100
 # MLflow error codes that mean "the request itself is wrong": retrying cannot help
@@ -191,15 +193,23 @@ class Tracker:
         return sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
 
     def ensure_run(
-        self, experiment_id: str, key: str, run_name: str, tags: Mapping[str, str]
+        self,
+        experiment_id: str,
+        key: str,
+        run_name: str,
+        tags: Mapping[str, str],
+        start_time_ms: int | None = None,
     ) -> tuple[Run, bool]:
-        """The run with ``key``, created with ``tags`` when missing. Returns (run, created_by_this_call)."""
+        """The run with ``key``, created with ``tags`` (and ``start_time_ms``: when the work it records began)
+        when missing. Returns (run, created_by_this_call)."""
         found = self.runs_by_key(experiment_id, key)
         if found:
             return found[0], False
         all_tags = {k: _clip(str(v), TAG_MAX) for k, v in tags.items()} | {KEY_TAG: key}
         with self._errors(f"creating run {key!r}"):
-            run = self.client.create_run(experiment_id, run_name=_clip(run_name, RUN_NAME_MAX), tags=all_tags)
+            run = self.client.create_run(
+                experiment_id, start_time=start_time_ms, run_name=_clip(run_name, RUN_NAME_MAX), tags=all_tags
+            )
         winner = self.runs_by_key(experiment_id, key)
         if winner and winner[0].info.run_id != run.info.run_id:
             log.info(
@@ -263,11 +273,11 @@ class Tracker:
         with self._errors(f"uploading {Path(path).name} to run {run_id}"):
             self.client.log_artifact(run_id, str(path), artifact_path)
 
-    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+    def finish(self, run_id: str, status: str = "FINISHED", end_time_ms: int | None = None) -> None:
         if status not in TERMINAL:
             raise ValueError(f"terminal status must be one of {sorted(TERMINAL)}, got {status!r}")
         with self._errors(f"terminating run {run_id}"):
-            self.client.set_terminated(run_id, status)
+            self.client.set_terminated(run_id, status, end_time=end_time_ms)
 
     def get_run(self, run_id: str) -> Run:
         with self._errors(f"reading run {run_id}"):
@@ -305,9 +315,8 @@ class Tracker:
         """One run per idea (nested under the epoch run): params, metrics, curve, artifacts, final status."""
         self.ping()
         eid = self.experiment_id(req.experiment or experiment_name(req.campaign))
-        run, created = self.ensure_run(
-            eid, req.idea.idea_id, req.idea.title or req.idea.idea_id, _idea_tags(req)
-        )
+        start_ms, end_ms = _idea_times(req)
+        run, created = self.ensure_run(eid, req.idea.idea_id, idea_run_name(req), _idea_tags(req), start_ms)
         run_id = run.info.run_id
         if run.info.status in TERMINAL:
             log.info("idea %s already recorded as run %s (%s)", req.idea.idea_id, run_id, run.info.status)
@@ -327,7 +336,7 @@ class Tracker:
             with self._errors(f"deleting duplicate run {run_id}"):
                 self.client.delete_run(run_id)
             return RecordResult(run_id=oldest[0].info.run_id, experiment_id=eid)
-        self.finish(run_id, "FINISHED" if req.outcome.summary.status == "ok" else "FAILED")
+        self.finish(run_id, "FINISHED" if req.outcome.summary.status == "ok" else "FAILED", end_ms)
         return RecordResult(run_id=run_id, experiment_id=eid)
 
     def _idea_artifacts(self, run_id: str, req: RecordIdeaRequest) -> list[str]:
@@ -346,6 +355,8 @@ class Tracker:
             text = self._fetch(ref, name, missing)
             if text is not None:
                 self.log_text(run_id, text, name)
+                if name == "patch.diff":  # the MLflow UI previews .txt, not .diff
+                    self.log_text(run_id, text, PREVIEW_DIFF)
         if out.error:
             self.log_text(run_id, out.error, "error.txt")
         return missing
@@ -361,6 +372,20 @@ class Tracker:
                 missing.append(name)
                 return None
             raise  # a store outage: let the activity retry
+
+    def sync_rewards(self, campaign: str, archive: Iterable[IdeaSummary]) -> int:
+        """Log the reward of each idea run that has none yet: ideas that finished before the baseline did get
+        theirs only once the campaign knew the baseline. Returns how many rewards were logged."""
+        rewards = {s.idea_id: s.reward for s in archive if s.reward is not None}
+        logged = 0
+        for row in self.list_campaign_runs(campaign, "idea"):
+            reward = rewards.get(row["idea_id"] or "")
+            if reward is None or "reward" in row["metrics"]:
+                continue
+            with self._errors(f"logging the reward of run {row['run_id']}"):
+                self.client.log_batch(row["run_id"], metrics=[Metric("reward", reward, row["start_time"], 0)])
+            logged += 1
+        return logged
 
     def delete_campaign(self, campaign: str) -> bool:
         """Delete the campaign's experiment, renamed first so that its name is free for a new campaign
@@ -406,11 +431,12 @@ class Tracker:
                 "key": r.data.tags.get(KEY_TAG),
                 "idea_id": r.data.tags.get("ideaforge.idea_id"),
                 "epoch": int(r.data.tags["ideaforge.epoch"]) if "ideaforge.epoch" in r.data.tags else None,
-                "parent_run_id": r.data.tags.get(PARENT_TAG),
+                "parent_run_id": r.data.tags.get(PARENT_TAG) or r.data.tags.get(EPOCH_RUN_TAG),
                 "tags": dict(r.data.tags),
                 "params": dict(r.data.params),
                 "metrics": dict(r.data.metrics),
                 "artifact_uri": r.info.artifact_uri,
+                "start_time": int(r.info.start_time or 0),
             }
             for r in runs
         ]
@@ -435,8 +461,8 @@ def _idea_tags(req: RecordIdeaRequest) -> dict[str, str]:
         "temporal.workflow_id": req.workflow_id,
         "temporal.run_id": req.run_id,
     }
-    if req.epoch_run_id:
-        tags[PARENT_TAG] = req.epoch_run_id
+    if req.epoch_run_id:  # a link, not nesting: nested runs hide under collapsed epoch rows in the UI
+        tags[EPOCH_RUN_TAG] = req.epoch_run_id
     if s.code is not None:
         tags["ideaforge.code_sha256"] = s.code.sha256
     if idea.code_from:
@@ -447,6 +473,22 @@ def _idea_tags(req: RecordIdeaRequest) -> dict[str, str]:
             if v:
                 tags[f"ideaforge.{k}"] = v
     return tags
+
+
+def idea_run_name(req: RecordIdeaRequest) -> str:
+    """``e000/i03 Rotary position embeddings``: sortable, and says which idea at a glance."""
+    short = req.idea.idea_id.split("/", 1)[-1]
+    return f"{short} {req.idea.title}".strip() if req.idea.title else short
+
+
+def _idea_times(req: RecordIdeaRequest) -> tuple[int | None, int | None]:
+    """(start, end) in ms of what the run records: the training run when there was one, so the UI's
+    duration is the training time, not the few ms of recording."""
+    run = req.outcome.run
+    if run is None or not run.started_at:
+        return None, None
+    end = run.finished_at or run.started_at
+    return int(run.started_at * 1000), int(end * 1000)
 
 
 def _idea_params(req: RecordIdeaRequest) -> dict[str, str]:
