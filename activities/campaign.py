@@ -29,8 +29,8 @@ from ideaforge.models import (
     RecordIdeaRequest,
     RecordResult,
     SaveStateRequest,
-    idea_id,
 )
+from ideaforge.names import idea_id, state_key
 from ideaforge.patch.package import pack_patched
 from ideaforge.store.artifacts import ObjectStore
 
@@ -44,11 +44,6 @@ def _give_up_on_llm(e: LLMError) -> str:
     if e.retryable and activity.info().attempt < LLM_ATTEMPTS:
         raise ApplicationError(f"LLM provider failed (attempt {activity.info().attempt}): {e}") from e
     return f"LLM provider failed: {e}"
-
-
-def state_key(campaign: str) -> str:
-    """Object-store key of a campaign's last saved state (a CampaignInput as JSON)."""
-    return f"campaigns/{campaign}/state.json"
 
 
 def load_saved_state(store: ObjectStore, campaign: str) -> CampaignInput | None:
@@ -127,8 +122,7 @@ class CampaignActivities:
         diff = self.store.get_text(req.diff) if req.diff else None
         data = await asyncio.to_thread(pack_patched, env.baseline, diff)
         ref = await asyncio.to_thread(self.store.put_bytes, data, "code")
-        files = sum(1 for p in env.baseline.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-        return Package(code=ref, files=files)
+        return Package(code=ref)
 
     @activity.defn(name=names.RECORD_EPOCH)
     async def record_epoch(self, req: RecordEpochRequest) -> RecordResult:

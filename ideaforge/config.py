@@ -35,10 +35,6 @@ class Settings(BaseModel):
         return self.artifact_uri or (self.home / "artifacts").resolve().as_uri()
 
     @property
-    def temporal_port(self) -> int:
-        return int(self.temporal_address.rsplit(":", 1)[1])
-
-    @property
     def mlflow_port(self) -> int:
         return int(self.mlflow_uri.rstrip("/").rsplit(":", 1)[1])
 

@@ -1,15 +1,17 @@
 """Contracts that cross a process boundary: Temporal payloads, env specs, campaign configs.
 
-Everything here is a pydantic v2 model and must stay importable from workflow code: stdlib + pydantic only.
+Everything here is a pydantic v2 model and must stay importable from workflow code: stdlib, pydantic and
+ideaforge.names only.
 Large things (diffs over a few KB, logs, zips, checkpoints) travel as ``ArtifactRef`` (claim-check).
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ideaforge.names import NAME_RE, campaign_workflow_id
 
 Direction = Literal["min", "max"]
 ProviderKind = Literal["offline", "anthropic", "openai", "openai-compatible"]
@@ -28,8 +30,6 @@ FailureCategory = Literal[
     "llm_failed",
     "budget_exhausted",
 ]
-
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
 class Strict(BaseModel):
@@ -264,15 +264,6 @@ class CampaignConfig(Strict):
         return campaign_workflow_id(self.name)
 
 
-def campaign_workflow_id(name: str) -> str:
-    return f"campaign-{name}"
-
-
-def idea_id(campaign: str, epoch: int, index: int) -> str:
-    """Deterministic idea id, also the child workflow id: ``campaign-<name>/e<NNN>/i<KK>``."""
-    return f"{campaign_workflow_id(campaign)}/e{epoch:03d}/i{index:02d}"
-
-
 # --------------------------------------------------------------------------- ideas and results
 
 
@@ -388,8 +379,13 @@ class PackageRequest(Strict):
 
 
 class Package(Strict):
+    """The patched tree, packed and stored by content."""
+
+    # results recorded before `files` (a count nobody read) was dropped still carry it: ignore it, so the
+    # histories of campaigns in flight keep replaying
+    model_config = ConfigDict(extra="ignore")
+
     code: ArtifactRef
-    files: int
 
 
 class RunRequest(Strict):

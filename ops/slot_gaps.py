@@ -20,7 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ideaforge.config import Settings  # noqa: E402
-from ideaforge.models import IdeaOutcome, campaign_workflow_id  # noqa: E402
+from ideaforge.models import IdeaOutcome  # noqa: E402
+from ideaforge.names import campaign_workflow_id  # noqa: E402
 
 
 def idle_gaps(runs: list[tuple[float, float, float]], slots: int) -> list[float]:

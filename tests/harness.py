@@ -26,7 +26,7 @@ async def running_worker(
     client: Client, settings: Settings, queues: list[str] | None = None, slots: int = 2
 ) -> AsyncIterator[None]:
     """The real worker code (workflows + activities) inside this event loop, shut down on exit."""
-    workers = build_workers(client, settings, queues or ALL_QUEUES, slots=slots, gpu_type=None)
+    workers = build_workers(client, settings, queues or ALL_QUEUES, slots=slots)
     tasks = [asyncio.create_task(w.run()) for w in workers]
     try:
         yield

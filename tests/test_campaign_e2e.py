@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 from ideaforge.research_envs.registry import load_env
-from ideaforge.workflows.campaign import BEST_METRIC, EPOCH, CampaignWorkflow, experiment_name
+from ideaforge.workflows.campaign import CampaignWorkflow
 from ideaforge.workflows.idea import IdeaWorkflow
 from mlflow.tracking import MlflowClient
 from temporalio.client import WorkflowExecutionStatus
@@ -24,9 +24,8 @@ from ideaforge.models import (
     IdeaOutcome,
     Mutation,
     ProviderConfig,
-    campaign_workflow_id,
-    idea_id,
 )
+from ideaforge.names import BEST_METRIC, EPOCH, campaign_workflow_id, experiment_name, idea_id
 from tests.harness import running_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -6,12 +6,12 @@ import asyncio
 import uuid
 
 import pytest
-from ideaforge.workflows.campaign import experiment_name
 from mlflow.tracking import MlflowClient
 
 from ideaforge.cli import campaigns
 from ideaforge.config import Settings
 from ideaforge.models import CampaignConfig, CampaignResult, ProviderConfig
+from ideaforge.names import experiment_name
 from tests.fakes.llm_server import FakeLLMServer
 from tests.harness import running_worker
 

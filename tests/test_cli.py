@@ -41,8 +41,7 @@ def no_traceback(p: subprocess.CompletedProcess[str]) -> None:
 
 def save_state(settings: Settings, name: str, epochs_done: int = 1) -> CampaignInput:
     """A saved campaign state in the artifact store, as the workflow writes it after an epoch."""
-    from ideaforge.activities.campaign import state_key
-
+    from ideaforge.names import state_key
     from ideaforge.store.artifacts import open_store
 
     archive = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ideaforge.llm.dedup import drop_duplicates, normalise, text_similarity
+from ideaforge.llm.dedup import _Key, drop_duplicates, normalise, similarity
 from ideaforge.models import Idea, IdeaSummary, Mutation
 
 COSINE = (
@@ -38,6 +38,9 @@ def test_near_duplicate_rewording_is_rejected_but_related_idea_kept():
         "Cosine LR schedule: decay the learning rate with a cosine from 1e-3 to 0 over the training run."
     )
     related = "Linear warmup for 100 steps, then keep the learning rate constant at 3e-3."
+    def text_similarity(a: str, b: str) -> float:
+        return similarity(_Key.of(a, "", None), _Key.of(b, "", None))
+
     assert text_similarity(COSINE, reworded) >= 0.8 > text_similarity(COSINE, related)
     kept, rejected = drop_duplicates([idea(0, "", reworded), idea(1, "", related)], [summary("", COSINE)])
     assert [i.idea_id for i in kept] == ["i1"] and rejected == 1

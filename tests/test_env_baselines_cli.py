@@ -13,6 +13,7 @@ from ideaforge.workflows.campaign import CampaignWorkflow
 
 from ideaforge.config import Settings
 from ideaforge.models import CampaignResult
+from ideaforge.names import campaign_workflow_id
 from tests.harness import REPO, running_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -57,7 +58,7 @@ def test_env_baseline_runs_from_the_cli(
                 stderr=asyncio.subprocess.STDOUT,
             )
             out, _ = await asyncio.wait_for(proc.communicate(), 600)
-            result = await client.get_workflow_handle_for(CampaignWorkflow.run, f"campaign-{name}").result()
+            result = await client.get_workflow_handle_for(CampaignWorkflow.run, campaign_workflow_id(name)).result()
             return proc.returncode, out.decode(), result
 
     rc, out, result = asyncio.run(go())

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from datasets import load_from_disk
 
-from ideaforge.models import ArtifactRef, CampaignState, EnvSpec, IdeaSummary, Reward, idea_id
+from ideaforge.models import ArtifactRef, CampaignState, EnvSpec, IdeaSummary, Reward
+from ideaforge.names import idea_id
 from ideaforge.report.export import JSONL_NAME, export_dataset
 from ideaforge.rewards import compute_reward
 from ideaforge.store.artifacts import LocalStore, StorageError

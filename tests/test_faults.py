@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 from ideaforge.research_envs.registry import load_env
 from ideaforge.workers.main import connect
-from ideaforge.workflows.campaign import experiment_name
 from ideaforge.workflows.idea import IdeaWorkflow
 from mlflow.tracking import MlflowClient
 from temporalio.client import WorkflowExecutionStatus
@@ -26,7 +25,8 @@ from ideaforge import names
 from ideaforge.cli import campaigns, stack
 from ideaforge.cli.procs import free_port
 from ideaforge.config import Settings
-from ideaforge.models import CampaignConfig, Idea, IdeaInput, IdeaOutcome, ProviderConfig, idea_id
+from ideaforge.models import CampaignConfig, Idea, IdeaInput, IdeaOutcome, ProviderConfig
+from ideaforge.names import campaign_workflow_id, experiment_name, idea_id
 from tests.harness import REPO, processes_under, running_worker, spawn_worker, wait_for_checkpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -242,7 +242,7 @@ def test_killing_the_cli_leaves_the_campaign_running_and_status_reattaches(
                 seen += line
             proc.kill()
             await proc.wait()
-            desc = await client.get_workflow_handle(f"campaign-{name}").describe()
+            desc = await client.get_workflow_handle(campaign_workflow_id(name)).describe()
             assert desc.status == WorkflowExecutionStatus.RUNNING
             status = await asyncio.create_subprocess_exec(
                 *cli,
@@ -256,7 +256,7 @@ def test_killing_the_cli_leaves_the_campaign_running_and_status_reattaches(
             )
             out, _ = await asyncio.wait_for(status.communicate(), 300)
             assert status.returncode == 0, out.decode()
-            final = await client.get_workflow_handle(f"campaign-{name}").describe()
+            final = await client.get_workflow_handle(campaign_workflow_id(name)).describe()
             return out.decode(), final.status.name
 
     out, final = asyncio.run(go())

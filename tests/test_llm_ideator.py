@@ -9,7 +9,8 @@ import pytest
 
 from ideaforge.llm.ideator import LLMIdeator, parse_ideas
 from ideaforge.llm.providers import make_ideator
-from ideaforge.models import IdeaSummary, IdeateRequest, ProviderConfig, idea_id
+from ideaforge.models import IdeaSummary, IdeateRequest, ProviderConfig
+from ideaforge.names import idea_id
 from ideaforge.store.artifacts import LocalStore
 from tests.fakes.llm_server import FakeLLMServer, write_tiny_env
 

@@ -10,7 +10,8 @@ import pytest
 
 from ideaforge.llm.implementer import LLMImplementer
 from ideaforge.llm.providers import make_implementer
-from ideaforge.models import Idea, ImplementRequest, ProviderConfig, idea_id
+from ideaforge.models import Idea, ImplementRequest, ProviderConfig
+from ideaforge.names import idea_id
 from ideaforge.patch.apply import apply_diff, make_diff
 from ideaforge.store.artifacts import LocalStore
 from tests.fakes.llm_server import FakeLLMServer, write_tiny_env

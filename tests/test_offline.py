@@ -9,7 +9,8 @@ import pytest
 from ideaforge.research_envs.registry import load_env
 
 from ideaforge.llm.offline import OfflineIdeator, OfflineImplementer, canonical, recipe_from_text
-from ideaforge.models import IdeaSummary, IdeateRequest, ImplementRequest, Mutation, ProviderConfig, idea_id
+from ideaforge.models import IdeaSummary, IdeateRequest, ImplementRequest, Mutation, ProviderConfig
+from ideaforge.names import idea_id
 from ideaforge.patch.package import patched_tree
 from ideaforge.store.artifacts import LocalStore
 

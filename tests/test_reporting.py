@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from ideaforge.models import CampaignState, EnvSpec, IdeaSummary, idea_id
+from ideaforge.models import CampaignState, EnvSpec, IdeaSummary
+from ideaforge.names import idea_id
 from ideaforge.report.reporting import lineage, log_report_to_mlflow, short_id, write_report
 from ideaforge.store.artifacts import LocalStore
 from ideaforge.track.tracker import Tracker, report_key
+from tests.mlflow_rows import campaign_runs
 
 C = "rep"
 
@@ -146,7 +148,7 @@ def test_report_logged_to_mlflow_once(mlflow_server: str, tmp_path: Path) -> Non
     first = log_report_to_mlflow(tracker, campaign, rep)
     second = log_report_to_mlflow(tracker, campaign, rep)  # e.g. a retried activity or a re-run report
     assert first == second
-    (row,) = tracker.list_campaign_runs(campaign, kind="report")
+    (row,) = campaign_runs(tracker.client, campaign, kind="report")
     assert row["run_id"] == first and row["key"] == report_key(campaign) and row["status"] == "FINISHED"
     assert row["metrics"]["best_score"] == pytest.approx(1.8) and row["metrics"]["ideas_total"] == 8
     names = sorted(a.path for a in tracker.client.list_artifacts(first))

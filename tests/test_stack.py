@@ -14,9 +14,13 @@ from ideaforge.cli import procs, stack
 from ideaforge.config import Settings
 
 
+def _temporal_port(s: Settings) -> int:
+    return int(s.temporal_address.rsplit(":", 1)[1])
+
+
 def _listening(s: Settings) -> list[int]:
     host = "127.0.0.1"
-    ports = [s.temporal_port, s.temporal_ui_port, s.mlflow_port]
+    ports = [_temporal_port(s), s.temporal_ui_port, s.mlflow_port]
     return [p for p in ports if procs.port_accepting(host, p)]
 
 
@@ -68,9 +72,9 @@ def test_up_status_idempotent_down(settings: Settings) -> None:
 @pytest.mark.slow
 def test_temporal_restart_keeps_history(settings: Settings) -> None:
     from temporalio.client import Client, WorkflowExecutionStatus
-    from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+    from temporalio.common import SearchAttributePair, TypedSearchAttributes
 
-    epoch = SearchAttributeKey.for_int("Epoch")
+    from ideaforge.names import EPOCH
 
     async def start_one() -> None:
         client = await Client.connect(settings.temporal_address)
@@ -78,7 +82,7 @@ def test_temporal_restart_keeps_history(settings: Settings) -> None:
             "NoSuchWorkflow",
             id="keep-me",
             task_queue="nobody-polls-this",
-            search_attributes=TypedSearchAttributes([SearchAttributePair(epoch, 7)]),
+            search_attributes=TypedSearchAttributes([SearchAttributePair(EPOCH, 7)]),
         )
 
     async def find_it() -> tuple[WorkflowExecutionStatus | None, list[str]]:
@@ -101,7 +105,7 @@ def test_temporal_restart_keeps_history(settings: Settings) -> None:
 
 @pytest.mark.parametrize("which", ["temporal_port", "temporal_ui_port", "mlflow_port"])
 def test_foreign_port_is_refused_before_anything_starts(settings: Settings, which: str) -> None:
-    port = getattr(settings, which)
+    port = _temporal_port(settings) if which == "temporal_port" else getattr(settings, which)
     var = {
         "temporal_port": "IDEAFORGE_TEMPORAL_ADDRESS",
         "temporal_ui_port": "IDEAFORGE_TEMPORAL_UI_PORT",
@@ -196,7 +200,7 @@ def test_commands_follow_settings(settings: Settings, monkeypatch) -> None:
     t = stack.temporal_command(settings, binary="temporal")
     assert t[:3] == ["temporal", "server", "start-dev"]
     assert t[t.index("--db-filename") + 1] == str(settings.home / "temporal" / "temporal.db")
-    assert t[t.index("--port") + 1] == str(settings.temporal_port)
+    assert t[t.index("--port") + 1] == str(_temporal_port(settings))
     assert t[t.index("--ui-port") + 1] == str(settings.temporal_ui_port)
     assert {"Epoch=Int", "BestMetric=Double", "Env=Keyword"} <= set(t)
     m = stack.mlflow_command(settings)

@@ -23,8 +23,8 @@ from ideaforge.models import (
     RecordIdeaRequest,
     RunResult,
     Usage,
-    idea_id,
 )
+from ideaforge.names import campaign_workflow_id, experiment_name, idea_id
 from ideaforge.store.artifacts import LocalStore
 from ideaforge.track.tracker import (
     PARAM_MAX,
@@ -32,10 +32,10 @@ from ideaforge.track.tracker import (
     TrackingError,
     TrackingUnavailable,
     epoch_key,
-    experiment_name,
     flatten,
     metric_key,
 )
+from tests.mlflow_rows import campaign_runs
 
 CURVE = [CurvePoint(step=s, value=3.0 - 0.01 * s) for s in range(0, 200, 10)]
 DIFF = (
@@ -57,7 +57,7 @@ def _epoch_req(
         campaign=campaign,
         env="toy",
         epoch=epoch,
-        workflow_id=f"campaign-{campaign}",
+        workflow_id=campaign_workflow_id(campaign),
         config=config or {},
         summary=summary,
     )
@@ -193,7 +193,7 @@ def test_record_epoch_and_ideas_then_list(tracker: Tracker, store: LocalStore) -
     )
     assert done.run_id == ep.run_id and ok.experiment_id == ep.experiment_id
 
-    rows = tracker.list_campaign_runs(c)
+    rows = campaign_runs(tracker.client, c)
     assert [r["idea_id"] for r in rows] == [idea_id(c, 1, 0), idea_id(c, 1, 1)]
     r_ok, r_bad = rows
     assert (r_ok["run_id"], r_ok["status"], r_bad["run_id"], r_bad["status"]) == (
@@ -224,10 +224,10 @@ def test_record_epoch_and_ideas_then_list(tracker: Tracker, store: LocalStore) -
     assert _history(tracker, ok.run_id, "train_loss") == [(p.step, p.value) for p in CURVE]
     assert "metric" not in r_bad["metrics"] and r_bad["metrics"]["reward"] == -1.0
 
-    (epoch_row,) = tracker.list_campaign_runs(c, kind="epoch")
+    (epoch_row,) = campaign_runs(tracker.client, c, kind="epoch")
     assert epoch_row["run_name"] == "epoch-001" and epoch_row["status"] == "FINISHED"
     assert (
-        epoch_row["key"] == epoch_key(c, 1) and epoch_row["tags"]["temporal.workflow_id"] == f"campaign-{c}"
+        epoch_row["key"] == epoch_key(c, 1) and epoch_row["tags"]["temporal.workflow_id"] == campaign_workflow_id(c)
     )
     assert epoch_row["params"] == {"search.strategy": "evolution", "epochs": "3"}
     assert epoch_row["metrics"] == {"best_metric": 1.5, "ideas_ok": 1.0, "execution_rate": 0.5}
@@ -261,7 +261,7 @@ def test_missing_blob_is_flagged_not_fatal(tracker: Tracker, store: LocalStore) 
     c = _campaign()
     gone = ArtifactRef(uri=store.uri_for("cas/diff/00/" + "0" * 64), sha256="0" * 64, size=3)
     rec = tracker.record_idea(_idea_req(store, c, 0, 0, None, diff=gone))
-    run = tracker.get_run(rec.run_id)
+    run = tracker.client.get_run(rec.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["ideaforge.missing_artifacts"] == "patch.diff"
     assert "patch.diff" not in [a.path for a in tracker.client.list_artifacts(rec.run_id)]
@@ -276,15 +276,15 @@ def test_retry_after_success_returns_the_same_run(tracker: Tracker, store: Local
     req = _idea_req(store, c, 0, 0, ep1.run_id)
     a, b = tracker.record_idea(req), tracker.record_idea(req)
     assert a == b
-    rows = tracker.list_campaign_runs(c)
+    rows = campaign_runs(tracker.client, c)
     assert len(rows) == 1
     assert _history(tracker, a.run_id, "train_loss") == [(p.step, p.value) for p in CURVE]
     assert len(tracker.client.get_metric_history(a.run_id, "metric")) == 1
     # a finished epoch run is left alone by a late retry of the epoch's first call
     tracker.record_epoch(_epoch_req(c, 0, summary={"best_metric": 1.5}))
     tracker.record_epoch(_epoch_req(c, 0, summary={"best_metric": 9.9}))
-    assert tracker.get_run(ep1.run_id).data.metrics == {"best_metric": 1.5}
-    assert len(tracker.list_campaign_runs(c, kind="epoch")) == 1
+    assert tracker.client.get_run(ep1.run_id).data.metrics == {"best_metric": 1.5}
+    assert len(campaign_runs(tracker.client, c, kind="epoch")) == 1
 
 
 @pytest.mark.integration
@@ -306,7 +306,7 @@ def test_crashed_attempt_left_running_is_completed_without_duplicates(
 
     rec = tracker.record_idea(req)
     assert rec.run_id == run.info.run_id
-    rows = tracker.list_campaign_runs(c)
+    rows = campaign_runs(tracker.client, c)
     assert len(rows) == 1 and rows[0]["status"] == "FINISHED"
     assert rows[0]["tags"]["ideaforge.idea_id"] == req.idea.idea_id  # full tags written on completion
     hist = _history(tracker, rec.run_id, "train_loss")
@@ -334,7 +334,7 @@ def test_concurrent_attempts_leave_one_run(tracker: Tracker, store: LocalStore) 
     for th in threads:
         th.join(60)
     assert not errors
-    rows = tracker.list_campaign_runs(c)
+    rows = campaign_runs(tracker.client, c)
     assert len(rows) == 1 and set(results) == {rows[0]["run_id"]}
     assert _history(tracker, rows[0]["run_id"], "train_loss") == [(p.step, p.value) for p in CURVE]
 
@@ -367,12 +367,12 @@ def test_server_down_then_restarted_records_without_duplicates(settings: Setting
         second = t.record_idea(_idea_req(store, c, 0, 1, ep.run_id))
         t.record_epoch(_epoch_req(c, 0, summary={"best_metric": 1.5}))
         assert again == first
-        rows = t.list_campaign_runs(c)
+        rows = campaign_runs(t.client, c)
         assert [r["run_id"] for r in rows] == [first.run_id, second.run_id]
         assert all(r["status"] == "FINISHED" for r in rows)
         for r in rows:
             assert _history(t, r["run_id"], "train_loss") == [(p.step, p.value) for p in CURVE]
-        (e,) = t.list_campaign_runs(c, kind="epoch")
+        (e,) = campaign_runs(t.client, c, kind="epoch")
         assert e["status"] == "FINISHED" and e["metrics"] == {"best_metric": 1.5}
     finally:
         stack.down(settings)
@@ -387,10 +387,10 @@ def test_rewards_known_later_reach_runs_that_had_none(tracker: Tracker, store: L
         update={"outcome": req.outcome.model_copy(update={"summary": req.outcome.summary.model_copy(update={"reward": None})})}
     )
     rec = tracker.record_idea(early)
-    assert "reward" not in tracker.get_run(rec.run_id).data.metrics
+    assert "reward" not in tracker.client.get_run(rec.run_id).data.metrics
     archive = [req.outcome.summary.model_copy(update={"reward": 0.75})]
     assert tracker.sync_rewards(c, archive) == 1
-    assert tracker.get_run(rec.run_id).data.metrics["reward"] == 0.75
+    assert tracker.client.get_run(rec.run_id).data.metrics["reward"] == 0.75
     assert tracker.sync_rewards(c, archive) == 0  # idempotent
 
 
@@ -399,8 +399,8 @@ def test_deleting_a_campaign_frees_its_experiment_name(tracker: Tracker, store: 
     c = _campaign()
     first = tracker.record_idea(_idea_req(store, c, 0, 0, None))
     assert tracker.delete_campaign(c) is True
-    assert tracker.list_campaign_runs(c) == []
+    assert campaign_runs(tracker.client, c) == []
     again = tracker.record_idea(_idea_req(store, c, 0, 0, None))  # same name: a fresh experiment
     assert again.experiment_id != first.experiment_id
-    assert [r["run_id"] for r in tracker.list_campaign_runs(c)] == [again.run_id]
+    assert [r["run_id"] for r in campaign_runs(tracker.client, c)] == [again.run_id]
     assert tracker.delete_campaign("never-existed-" + c) is False

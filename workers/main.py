@@ -26,7 +26,7 @@ from temporalio.worker import Worker
 from ideaforge import names
 from ideaforge.config import Settings
 from ideaforge.models import training_queue
-from ideaforge.run.devices import DevicePool, detect_gpus
+from ideaforge.run.devices import DevicePool, cpu_slots, detect_gpus
 from ideaforge.store.artifacts import open_store
 
 log = logging.getLogger("ideaforge.worker")
@@ -43,9 +43,7 @@ async def connect(settings: Settings) -> Client:
     )
 
 
-def build_workers(
-    client: Client, settings: Settings, queues: list[str], slots: int | None, gpu_type: str | None
-) -> list[Worker]:
+def build_workers(client: Client, settings: Settings, queues: list[str], slots: int | None) -> list[Worker]:
     """One Worker per queue, all sharing one client, store and device pool."""
     store = open_store(settings)
     workers: list[Worker] = []
@@ -78,7 +76,7 @@ def build_workers(
                 device_ids = gpus[:n] if gpus else list(range(n))
             else:
                 n = slots or settings.train_slots
-                device_ids = list(range(n))
+                device_ids = cpu_slots(n)
             exp = ExperimentActivities(settings, store, DevicePool(device_ids))
             workers.append(
                 Worker(
@@ -102,9 +100,9 @@ def _graceful():
     return timedelta(seconds=GRACEFUL_SHUTDOWN_S)
 
 
-async def serve(settings: Settings, queues: list[str], slots: int | None, gpu_type: str | None) -> None:
+async def serve(settings: Settings, queues: list[str], slots: int | None) -> None:
     client = await connect(settings)
-    workers = build_workers(client, settings, queues, slots, gpu_type)
+    workers = build_workers(client, settings, queues, slots)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -135,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     if args.gpu_type:
         queues = [training_queue("gpu", args.gpu_type) if q == "gpu" else q for q in queues]
-    asyncio.run(serve(Settings.from_env(), queues, args.slots, args.gpu_type))
+    asyncio.run(serve(Settings.from_env(), queues, args.slots))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import SearchAttributeKey, WorkflowIDReusePolicy
+from temporalio.common import WorkflowIDReusePolicy
 
 with workflow.unsafe.imports_passed_through():
     from ideaforge.workflows.idea import CPU_RETRY, RECORD_RETRY, IdeaWorkflow
@@ -34,19 +34,10 @@ with workflow.unsafe.imports_passed_through():
         RecordEpochRequest,
         RecordResult,
         SaveStateRequest,
-        idea_id,
     )
+    from ideaforge.names import BEST_METRIC, ENV, EPOCH, experiment_name, idea_id
     from ideaforge.ranking import best_idea, score
     from ideaforge.rewards import compute_reward
-
-EPOCH = SearchAttributeKey.for_int("Epoch")
-BEST_METRIC = SearchAttributeKey.for_float("BestMetric")
-ENV = SearchAttributeKey.for_keyword("Env")
-
-
-def experiment_name(campaign: str) -> str:
-    return f"ideaforge/{campaign}"
-
 
 @workflow.defn(name="CampaignWorkflow")
 class CampaignWorkflow:
@@ -353,4 +344,4 @@ class CampaignWorkflow:
         )
 
 
-__all__ = ["CampaignWorkflow", "IdeaWorkflow", "experiment_name"]
+__all__ = ["CampaignWorkflow", "IdeaWorkflow"]

@@ -28,16 +28,10 @@ from temporalio.common import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from ideaforge import names
-from ideaforge.models import (
-    CampaignConfig,
-    CampaignInput,
-    CampaignResult,
-    CampaignStatus,
-    IdeaSummary,
-    campaign_workflow_id,
-)
+from ideaforge.models import CampaignConfig, CampaignInput, CampaignResult, CampaignStatus, IdeaSummary
+from ideaforge.names import BEST_METRIC, ENV, EPOCH, campaign_of_workflow_id, campaign_workflow_id
 from ideaforge.ranking import ranked
-from ideaforge.workflows.campaign import BEST_METRIC, ENV, EPOCH, CampaignWorkflow
+from ideaforge.workflows.campaign import CampaignWorkflow
 
 QUERY_TIMEOUT = timedelta(seconds=2)  # a query needs a worker: never wait longer than this for one
 RPC_TIMEOUT = timedelta(seconds=5)
@@ -364,8 +358,12 @@ async def list_campaigns(client: Client) -> list[dict[str, Any]]:
                 rows[wf.id]["started"] = wf.start_time
             continue
         sa = wf.typed_search_attributes
+        try:
+            name = campaign_of_workflow_id(wf.id)
+        except ValueError:
+            name = wf.id  # started by hand under another id: still listed, by its workflow id
         rows[wf.id] = {
-            "name": wf.id.removeprefix("campaign-"),
+            "name": name,
             "status": wf.status.name.lower() if wf.status else "?",
             "env": sa.get(ENV),
             "epoch": sa.get(EPOCH),

@@ -24,6 +24,7 @@ from ideaforge.cli import campaigns
 from ideaforge.cli.campaigns import CampaignError, CampaignNotFound, CampaignView
 from ideaforge.config import Settings
 from ideaforge.models import CampaignInput, IdeaSummary
+from ideaforge.names import experiment_name
 
 OK, REFUSED, UNAVAILABLE, DEGRADED, NOT_FOUND = 0, 1, 2, 3, 4
 CONNECT_TIMEOUT_S = 3.0
@@ -93,12 +94,14 @@ async def _client(settings: Settings):
 
 
 def _saved(settings: Settings, name: str) -> CampaignInput | None:
-    """The state the campaign last saved in the artifact store (None if none or unreadable)."""
-    from ideaforge.activities.campaign import load_saved_state
+    """The state the campaign last saved in the artifact store (None if none or unreadable). Read here, not
+    through the activities module, which imports every LLM SDK (seconds of start-up for a status line)."""
+    from ideaforge.names import state_key
     from ideaforge.store.artifacts import open_store
 
     try:
-        return load_saved_state(open_store(settings), name)
+        raw = open_store(settings).get_named(state_key(name))
+        return CampaignInput.model_validate_json(raw) if raw else None
     except Exception as e:  # noqa: BLE001 - a store outage must not hide what Temporal knows
         log.warning("cannot read the saved state of %s: %s", name, e)
         return None
@@ -259,7 +262,7 @@ def start(
             f"  Temporal UI: http://127.0.0.1:{settings.temporal_ui_port}/namespaces/"
             f"{settings.temporal_namespace}/workflows/{cfg.workflow_id}"
         )
-        console.print(f"  MLflow UI:   {settings.mlflow_uri}  (experiment ideaforge/{cfg.name})")
+        console.print(f"  MLflow UI:   {settings.mlflow_uri}  (experiment {experiment_name(cfg.name)})")
         if follow:
             await _follow(client, settings, cfg.name)
 
@@ -276,7 +279,7 @@ def _report_findings(findings) -> NoReturn:  # noqa: ANN001 - list[preflight.Fin
 
 async def _forget(client, settings: Settings, name: str) -> None:  # noqa: ANN001 - temporalio Client
     """Delete every trace of a campaign: Temporal executions, saved state, MLflow experiment."""
-    from ideaforge.activities.campaign import state_key
+    from ideaforge.names import state_key
     from ideaforge.store.artifacts import open_store
 
     n = await campaigns.delete(client, name)

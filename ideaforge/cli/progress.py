@@ -20,7 +20,8 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError
 
 from ideaforge import names
-from ideaforge.models import IdeaInput, IdeaOutcome, Progress, campaign_workflow_id
+from ideaforge.models import IdeaInput, IdeaOutcome, Progress
+from ideaforge.names import campaign_workflow_id
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from pydantic import BaseModel
 
 from ideaforge.cli import procs
 from ideaforge.config import Settings
-from ideaforge.names import SEARCH_ATTRIBUTES
+from ideaforge.names import SEARCH_ATTRIBUTES, search_attribute_flag
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +154,8 @@ def temporal_command(settings: Settings, binary: str | None = None) -> list[str]
     argv += ["--ip", _bind_host(host), "--port", str(port), "--ui-port", str(settings.temporal_ui_port)]
     if settings.temporal_namespace != "default":
         argv += ["--namespace", settings.temporal_namespace]
-    for name, kind in SEARCH_ATTRIBUTES.items():
-        argv += ["--search-attribute", f"{name}={kind}"]
+    for key in SEARCH_ATTRIBUTES:
+        argv += ["--search-attribute", search_attribute_flag(key)]
     return argv + ["--log-level", "warn"]
 
 

@@ -62,11 +62,6 @@ def similarity(a: _Key, b: _Key) -> float:
     return max(_cosine(a.grams, b.grams), jac)
 
 
-def text_similarity(a: str, b: str) -> float:
-    """Similarity of two free texts (for tests and diagnostics)."""
-    return similarity(_Key.of(a, "", None), _Key.of(b, "", None))
-
-
 def drop_duplicates(
     ideas: list[Idea], archive: list[IdeaSummary], threshold: float = 0.8
 ) -> tuple[list[Idea], int]:

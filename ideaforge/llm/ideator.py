@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ideaforge.llm.client import LLMClient
 from ideaforge.llm.dedup import drop_duplicates
 from ideaforge.llm.prompts import render, render_files
-from ideaforge.models import Idea, IdeaSummary, IdeateRequest, IdeateResult, ProviderConfig, Usage, idea_id
+from ideaforge.models import Idea, IdeaSummary, IdeateRequest, IdeateResult, ProviderConfig, Usage
+from ideaforge.names import idea_id
 from ideaforge.research_envs.registry import ResearchEnv
 from ideaforge.store.artifacts import ObjectStore
 

@@ -24,8 +24,8 @@ from ideaforge.models import (
     Mutation,
     OfflineCatalogue,
     Variant,
-    idea_id,
 )
+from ideaforge.names import idea_id
 from ideaforge.patch.apply import PatchError, apply_search_replace, check_applies, make_diff
 from ideaforge.research_envs.registry import ResearchEnv
 from ideaforge.store.artifacts import ObjectStore

@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 from pathlib import Path
 from typing import Any
 
 from ideaforge.models import CampaignState, EnvSpec, IdeaSummary
+from ideaforge.names import parse_idea_id
 from ideaforge.rewards import compute_reward
 from ideaforge.store.artifacts import ObjectStore, StorageError
 
@@ -23,15 +23,15 @@ log = logging.getLogger(__name__)
 
 DATASET_DIR = "dataset"
 JSONL_NAME = "ideas.jsonl"
-_CAMPAIGN_RE = re.compile(r"^campaign-([^/]+)/")
 
 
 def campaign_of(archive: list[IdeaSummary]) -> str:
     """The campaign name inside the idea ids (``campaign-<name>/e000/i00``), or 'campaign'."""
     for s in archive:
-        m = _CAMPAIGN_RE.match(s.idea_id)
-        if m:
-            return m.group(1)
+        try:
+            return parse_idea_id(s.idea_id).campaign
+        except ValueError:
+            continue
     return "campaign"
 
 

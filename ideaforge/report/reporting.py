@@ -12,7 +12,6 @@ import csv
 import logging
 import math
 import random
-import re
 from pathlib import Path
 from statistics import stdev
 
@@ -20,13 +19,13 @@ from matplotlib.figure import Figure
 from pydantic import BaseModel, Field
 
 from ideaforge.models import CampaignState, Direction, EnvSpec, IdeaSummary
+from ideaforge.names import experiment_name, parse_idea_id
 from ideaforge.ranking import ranked, score
 from ideaforge.report.export import campaign_of
-from ideaforge.track.tracker import KIND_TAG, Tracker, experiment_name, report_key
+from ideaforge.track.tracker import KIND_TAG, Tracker, report_key
 
 log = logging.getLogger(__name__)
 
-_SHORT_RE = re.compile(r"(e\d+/i\d+)$")
 
 
 class LeaderboardRow(BaseModel):
@@ -83,8 +82,10 @@ class Report(BaseModel):
 
 def short_id(idea_id: str) -> str:
     """``campaign-x/e002/i01`` -> ``e002/i01`` (other ids unchanged)."""
-    m = _SHORT_RE.search(idea_id)
-    return m.group(1) if m else idea_id
+    try:
+        return parse_idea_id(idea_id).short
+    except ValueError:
+        return idea_id
 
 
 def lineage(idea_id: str, by_id: dict[str, IdeaSummary]) -> str:

@@ -1,4 +1,4 @@
-"""MLflow recording: an experiment per campaign, a parent run per epoch, a nested run per idea.
+"""MLflow recording: an experiment per campaign, a run per epoch, and a run per idea (flat, not nested).
 
 Everything goes through ``MlflowClient`` with explicit run ids (the module-level API is thread-local).
 Runs are found again by the tag ``ideaforge.key`` so Temporal activity retries never create duplicates:
@@ -34,11 +34,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ideaforge.models import ArtifactRef, IdeaSummary, RecordEpochRequest, RecordIdeaRequest, RecordResult
+from ideaforge.names import experiment_name
 from ideaforge.store.artifacts import ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
 
-EXPERIMENT_PREFIX = "ideaforge/"
 KEY_TAG = "ideaforge.key"
 KIND_TAG = "ideaforge.kind"
 PARENT_TAG = "mlflow.parentRunId"
@@ -69,10 +69,6 @@ class TrackingError(RuntimeError):
 
 class TrackingUnavailable(RuntimeError):
     """The MLflow server cannot be reached or failed (5xx): retry later (Temporal's retry policy does)."""
-
-
-def experiment_name(campaign: str) -> str:
-    return f"{EXPERIMENT_PREFIX}{campaign}"
 
 
 def epoch_key(campaign: str, epoch: int) -> str:
@@ -279,16 +275,12 @@ class Tracker:
         with self._errors(f"terminating run {run_id}"):
             self.client.set_terminated(run_id, status, end_time=end_time_ms)
 
-    def get_run(self, run_id: str) -> Run:
-        with self._errors(f"reading run {run_id}"):
-            return self.client.get_run(run_id)
-
     # ------------------------------------------------------------------ epochs
 
     def record_epoch(self, req: RecordEpochRequest) -> RecordResult:
         """Open (or find) the epoch's parent run; with ``req.summary``, log it and finish the run."""
         self.ping()
-        eid = self.experiment_id(req.experiment or experiment_name(req.campaign))
+        eid = self.experiment_id(req.experiment)
         tags = {
             "ideaforge.campaign": req.campaign,
             "ideaforge.epoch": str(req.epoch),
@@ -312,9 +304,9 @@ class Tracker:
     # ------------------------------------------------------------------ ideas
 
     def record_idea(self, req: RecordIdeaRequest) -> RecordResult:
-        """One run per idea (nested under the epoch run): params, metrics, curve, artifacts, final status."""
+        """One run per idea (linked to its epoch run by a tag): params, metrics, curve, artifacts, status."""
         self.ping()
-        eid = self.experiment_id(req.experiment or experiment_name(req.campaign))
+        eid = self.experiment_id(req.experiment)
         start_ms, end_ms = _idea_times(req)
         run, created = self.ensure_run(eid, req.idea.idea_id, idea_run_name(req), _idea_tags(req), start_ms)
         run_id = run.info.run_id
@@ -377,15 +369,37 @@ class Tracker:
         """Log the reward of each idea run that has none yet: ideas that finished before the baseline did get
         theirs only once the campaign knew the baseline. Returns how many rewards were logged."""
         rewards = {s.idea_id: s.reward for s in archive if s.reward is not None}
+        with self._errors(f"reading experiment of {campaign!r}"):
+            exp = self.client.get_experiment_by_name(experiment_name(campaign))
+        if exp is None or not rewards:
+            return 0
         logged = 0
-        for row in self.list_campaign_runs(campaign, "idea"):
-            reward = rewards.get(row["idea_id"] or "")
-            if reward is None or "reward" in row["metrics"]:
+        for run in self._runs(exp.experiment_id, f"tags.`{KIND_TAG}` = 'idea'"):
+            reward = rewards.get(run.data.tags.get("ideaforge.idea_id", ""))
+            if reward is None or "reward" in run.data.metrics:
                 continue
-            with self._errors(f"logging the reward of run {row['run_id']}"):
-                self.client.log_batch(row["run_id"], metrics=[Metric("reward", reward, row["start_time"], 0)])
+            point = Metric("reward", reward, int(run.info.start_time or 0), 0)
+            with self._errors(f"logging the reward of run {run.info.run_id}"):
+                self.client.log_batch(run.info.run_id, metrics=[point])
             logged += 1
         return logged
+
+    def _runs(self, experiment_id: str, filter_string: str) -> Iterator[Run]:
+        """Every active run of the experiment matching ``filter_string``, page by page."""
+        token: str | None = None
+        while True:
+            with self._errors(f"searching runs of experiment {experiment_id}"):
+                page = self.client.search_runs(
+                    [experiment_id],
+                    filter_string=filter_string,
+                    run_view_type=ViewType.ACTIVE_ONLY,
+                    max_results=1000,
+                    page_token=token,
+                )
+            yield from page
+            token = page.token
+            if not token:
+                return
 
     def delete_campaign(self, campaign: str) -> bool:
         """Delete the campaign's experiment, renamed first so that its name is free for a new campaign
@@ -399,49 +413,6 @@ class Tracker:
             if exp.lifecycle_stage != "deleted":
                 self.client.delete_experiment(exp.experiment_id)
         return True
-
-    # ------------------------------------------------------------------ queries
-
-    def list_campaign_runs(self, campaign: str, kind: str = "idea") -> list[dict[str, Any]]:
-        """Active runs of ``kind`` (idea/epoch/report) in the campaign's experiment, sorted by key."""
-        with self._errors(f"reading experiment of {campaign!r}"):
-            exp = self.client.get_experiment_by_name(experiment_name(campaign))
-        if exp is None:
-            return []
-        runs: list[Run] = []
-        token: str | None = None
-        with self._errors(f"listing runs of {campaign!r}"):
-            while True:
-                page = self.client.search_runs(
-                    [exp.experiment_id],
-                    filter_string=f"tags.`{KIND_TAG}` = '{kind}'",
-                    run_view_type=ViewType.ACTIVE_ONLY,
-                    max_results=1000,
-                    page_token=token,
-                )
-                runs.extend(page)
-                token = page.token
-                if not token:
-                    break
-        rows = [
-            {
-                "run_id": r.info.run_id,
-                "run_name": r.info.run_name,
-                "status": r.info.status,
-                "key": r.data.tags.get(KEY_TAG),
-                "idea_id": r.data.tags.get("ideaforge.idea_id"),
-                "epoch": int(r.data.tags["ideaforge.epoch"]) if "ideaforge.epoch" in r.data.tags else None,
-                "parent_run_id": r.data.tags.get(PARENT_TAG) or r.data.tags.get(EPOCH_RUN_TAG),
-                "tags": dict(r.data.tags),
-                "params": dict(r.data.params),
-                "metrics": dict(r.data.metrics),
-                "artifact_uri": r.info.artifact_uri,
-                "start_time": int(r.info.start_time or 0),
-            }
-            for r in runs
-        ]
-        return sorted(rows, key=lambda row: (row["key"] or "", row["run_id"]))
-
 
 # ---------------------------------------------------------------------- idea run content
 
