@@ -227,3 +227,87 @@ def test_each_stopped_state_has_one_next_step_and_no_loop() -> None:
     early = campaigns.next_step(campaigns.CampaignView(name="c", state="failed"))
     assert "resume c" in early and "from the beginning" in early
     assert "--restart" in campaigns.next_step(campaigns.CampaignView(name="c", state="completed"))
+
+
+# --------------------------------------------------------------------------- against a real Temporal server
+
+
+@pytest.mark.integration
+def test_status_with_no_worker_answers_within_the_query_timeout(served_settings: Settings, temporal_env) -> None:
+    """A campaign whose worker is gone: `status` answers from Temporal's records (exit 3), never hangs."""
+    import asyncio
+
+    name = f"noworker-{os.getpid()}-{int(time.time())}"
+    cfg = CampaignConfig(name=name, env="toy_quad", epochs=1, ideas_per_epoch=1)
+
+    async def go() -> float:
+        client = temporal_env.client
+        await campaigns.start(client, cfg)  # nobody polls: no worker answers its queries
+        t0 = time.monotonic()
+        view = await campaigns.status(client, name)
+        took = time.monotonic() - t0
+        assert view.state == "running" and view.live is None and not view.worker_answered
+        assert view.config == cfg
+        return took
+
+    took = asyncio.run(go())
+    assert took < campaigns.QUERY_TIMEOUT.total_seconds() + 1.5, took
+    t0 = time.monotonic()
+    p = cli("status", name)
+    wall = time.monotonic() - t0
+    no_traceback(p)
+    assert p.returncode == 3, p.stderr
+    assert "no worker answered within 2 s" in p.stderr and "ideaforge up" in p.stderr
+    assert f"{name} epoch 1/1" in p.stdout
+    p = cli("leaderboard", name)
+    assert p.returncode == 3 and "no worker answered" in p.stderr
+    print(f"\nstatus with no worker: campaigns.status {took:.2f}s; the CLI process {wall:.2f}s (interpreter start included)")
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_name_lifecycle_finished_delete_restart(served_settings: Settings, temporal_env) -> None:
+    """Start -> finished -> `start` again shows it -> `delete --yes` -> gone (4) -> start afresh; and a
+    campaign terminated before its first epoch resumes from the beginning (no state loop)."""
+    import asyncio
+
+    from mlflow.tracking import MlflowClient
+
+    from ideaforge.names import experiment_name
+    from tests.harness import running_worker
+
+    name = f"life-{os.getpid()}-{int(time.time())}"
+    args = ("--name", name, "--env", "toy_quad", "--epochs", "1", "--ideas", "1", "--profile", "smoke", "--no-up")
+
+    async def go() -> None:
+        client = temporal_env.client
+        async with running_worker(client, served_settings):
+            p = await asyncio.to_thread(cli, "start", *args)
+            assert p.returncode == 0, p.stderr
+            assert "completed: 1 epochs" in p.stdout and "leaderboard" in p.stdout
+            assert "[" in p.stdout and "done, metric" in p.stdout  # piped: plain progress lines
+            again = await asyncio.to_thread(cli, "start", *args)
+            assert again.returncode == 0 and "already finished" in again.stdout
+            lst = await asyncio.to_thread(cli, "list")
+            assert name in lst.stdout and "completed" in lst.stdout
+            assert MlflowClient(served_settings.mlflow_uri).get_experiment_by_name(experiment_name(name))
+            gone = await asyncio.to_thread(cli, "delete", name)
+            assert gone.returncode == 1 and "--yes" in gone.stderr  # no terminal: no prompt, refused
+            gone = await asyncio.to_thread(cli, "delete", name, "--yes")
+            assert gone.returncode == 0, gone.stderr
+            assert MlflowClient(served_settings.mlflow_uri).get_experiment_by_name(experiment_name(name)) is None
+            st = await asyncio.to_thread(cli, "status", name)
+            assert st.returncode == 4 and "no campaign named" in st.stderr
+            fresh = await asyncio.to_thread(cli, "start", *args, "--no-follow")
+            assert fresh.returncode == 0 and "started" in fresh.stdout
+            handle = client.get_workflow_handle(campaigns.campaign_workflow_id(name))
+            await handle.terminate("test: stopped before its first epoch was saved")
+            st = await asyncio.to_thread(cli, "status", name)
+            assert st.returncode == 0 and f"ideaforge resume {name}" in st.stderr
+            res = await asyncio.to_thread(cli, "resume", name)
+            assert res.returncode == 0 and "from the beginning" in res.stdout, res.stderr
+            await asyncio.wait_for(handle.result(), 120)
+            redo = await asyncio.to_thread(cli, "start", *args, "--restart", "--no-follow")
+            assert redo.returncode == 0 and f"deleted campaign {name}" in redo.stdout and "started" in redo.stdout
+
+    asyncio.run(go())

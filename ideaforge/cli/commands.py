@@ -313,7 +313,8 @@ async def _follow(client, settings: Settings, name: str) -> CampaignView:  # noq
     async def poll() -> tuple[CampaignView, list]:
         nonlocal warned
         v, ideas = await _view(client, settings, name, tracker)
-        if v.state == "running" and not v.worker_answered and not warned:
+        if v.state == "running" and not v.worker_answered and not warned and not console.is_terminal:
+            # (in a terminal the live table says it: a print here would tear the live display)
             err.print("[yellow]the worker is not answering; `ideaforge up` restarts the local one[/yellow]")
             warned = True
         elif v.worker_answered:
