@@ -276,6 +276,10 @@ def test_supervised_worker_killed_is_restarted_and_nothing_is_lost(settings: Set
         async def go() -> tuple[str, float, float]:
             client = await connect(settings)
             handle, _ = await campaigns.start(client, cfg)
+            for _ in range(600):  # the baseline's idea workflow starts once the epoch is ideated
+                if [w async for w in client.list_workflows(f"WorkflowId='{idea_id(name, 0, 0)}'")]:
+                    break
+                await asyncio.sleep(0.2)
             await wait_for_checkpoint(client, idea_id(name, 0, 0), min_step=5)
             old = stack.owned(settings, stack.WORKER)
             assert old is not None

@@ -203,6 +203,8 @@ def test_record_epoch_and_ideas_then_list(tracker: Tracker, store: LocalStore) -
         "FAILED",
     )
     assert r_ok["parent_run_id"] == ep.run_id and r_ok["epoch"] == 1 and r_ok["run_name"] == "e001/i00 idea 0"
+    # the UI opens the experiment on its runs table (not an empty GenAI traces view)
+    assert tracker.client.get_experiment(ok.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     # not nested: nested runs hide under collapsed epoch rows in the MLflow UI
     assert "mlflow.parentRunId" not in r_ok["tags"] and r_ok["tags"]["ideaforge.epoch_run_id"] == ep.run_id
     # the run lasts as long as the training it records (not the milliseconds of recording)

@@ -202,9 +202,12 @@ async def delete(client: Client, name: str, wait_s: float = 15.0) -> int:
             if e.status != RPCStatusCode.NOT_FOUND:
                 raise
     deadline = asyncio.get_running_loop().time() + wait_s
-    while await describe(client, name) is not None:  # deletion is asynchronous on the server
+    while (desc := await describe(client, name)) is not None:  # deletion is asynchronous on the server
         if asyncio.get_running_loop().time() > deadline:
-            raise CampaignError(f"campaign {name!r} is still being deleted; try again in a few seconds")
+            if desc.status == RUNNING:
+                raise CampaignError(f"campaign {name!r} is still running; try the delete again in a few seconds")
+            log.info("deletion of %s still in progress on the server", name)
+            break  # stopped for good; the server finishes deleting it (a restart may reuse the name now)
         await asyncio.sleep(0.2)
     return len(runs)
 

@@ -109,7 +109,7 @@ def epoch_text(view: CampaignView) -> str:
         return f"{min(view.saved.state.next_epoch + 1, n)}/{n} (saved)"
     if view.epoch is not None and n:
         return f"{view.epoch + 1}/{n}"
-    return "-"
+    return f"-/{n}" if n else "-"  # not started yet (no worker has run it)
 
 
 def idea_line(p: IdeaProgress) -> str:

@@ -43,6 +43,8 @@ KEY_TAG = "ideaforge.key"
 KIND_TAG = "ideaforge.kind"
 PARENT_TAG = "mlflow.parentRunId"
 EPOCH_RUN_TAG = "ideaforge.epoch_run_id"
+# the MLflow UI opens a "custom model development" experiment on its runs table, not on an empty traces view
+EXPERIMENT_TAGS = {KIND_TAG: "campaign", "mlflow.experimentKind": "custom_model_development"}
 TERMINAL = frozenset({"FINISHED", "FAILED", "KILLED"})
 PARAM_MAX = 6000  # MLflow's limit on a param value
 TAG_MAX = 8000  # MLflow's limit on a tag value
@@ -161,7 +163,7 @@ class Tracker:
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
                 try:
-                    eid = self.client.create_experiment(name, tags={KIND_TAG: "campaign"})
+                    eid = self.client.create_experiment(name, tags=EXPERIMENT_TAGS)
                 except MlflowException as e:
                     if e.error_code != "RESOURCE_ALREADY_EXISTS":
                         raise
