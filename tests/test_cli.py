@@ -194,7 +194,9 @@ def test_best_so_far_counts_ideas_as_soon_as_they_finish() -> None:
     ideas = [_idea(0, "done", "baseline", 2.0), _idea(1, "done", metric=1.8), _idea(2, "training")]
     assert display.best_of(view, ideas, "min") == (1.8, "e000/i01")
     assert display.baseline_of(view, ideas) == (2.0, "2")
-    assert "10.0% better than baseline" in display.header_line(view, ideas, "min")
+    assert "10.0% better than the baseline" in display.header_line(view, ideas, "min")
+    only_base = [_idea(0, "done", "baseline", 2.0), _idea(1, "training")]
+    assert display.best_of(view, only_base, "min") == (None, "-")  # the baseline is not an idea
 
 
 def test_plain_output_prints_changes_only_and_flushes(tmp_path: Path) -> None:

@@ -293,10 +293,11 @@ def test_supervised_worker_killed_is_restarted_and_nothing_is_lost(settings: Set
             return f"{result.epochs_completed}/{len(result.archive)}", back, time.monotonic() - killed
 
         summary, back_s, done_s = asyncio.run(go())
+        runs = _idea_run_count(settings.mlflow_uri, name)  # while the stack's MLflow still runs
     finally:
         stack.down(settings)
     print(f"\nsupervised worker kill -9: new worker process {back_s:.1f}s after the kill, campaign done {done_s:.1f}s after")
     assert summary == "1/3"  # baseline + 2 ideas, none lost
-    assert _idea_run_count(settings.mlflow_uri, name) == 3
+    assert runs == 3
     log = (settings.home / "logs" / "supervisor.log").read_text()
     assert "worker died" in log and "worker restarted (restart #1)" in log

@@ -93,7 +93,7 @@ async def describe(client: Client, name: str):
         raise
 
 
-async def start(client: Client, config: CampaignConfig, state_loader=None) -> tuple[WorkflowHandle, str]:
+async def start(client: Client, config: CampaignConfig, *, replace: bool = False) -> tuple[WorkflowHandle, str]:
     """Start a campaign, idempotently by name. Returns (handle, what happened: started|attached|finished).
 
     A running campaign with the same config is attached to; with a different config the start is refused.

@@ -239,17 +239,17 @@ def start(
         from ideaforge.cli import stack
 
         client = await _client(settings)
-        if restart:
-            await _forget(client, settings, cfg.name)
         desc = await campaigns.describe(client, cfg.name)
-        if desc is None or desc.status == campaigns.RUNNING:
+        if restart or desc is None or desc.status == campaigns.RUNNING:
             local = stack.owned(settings, stack.WORKER)
             late = preflight.check_keys(cfg, local.pid if local else None)
             late += await preflight.check_workers(client, spec, cfg.profile)
             late += preflight.check_sandbox(local is not None)
-            if late and desc is None:
-                _report_findings(late)
-        _, what = await campaigns.start(client, cfg)
+            if late and (restart or desc is None):
+                _report_findings(late)  # before anything is deleted or started
+        if restart and (desc is not None or _saved(settings, cfg.name) is not None):
+            await _forget(client, settings, cfg.name)
+        _, what = await campaigns.start(client, cfg, replace=restart)
         if what == "finished":
             console.print(
                 f"campaign [bold]{cfg.name}[/bold] has already finished; its result is below "

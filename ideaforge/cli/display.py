@@ -65,10 +65,12 @@ def baseline_of(view: CampaignView, ideas: list[IdeaProgress]) -> tuple[float | 
 
 
 def best_of(view: CampaignView, ideas: list[IdeaProgress], direction: str) -> tuple[float | None, str]:
-    """The best metric so far (finished ideas count as soon as they finish) and its idea."""
+    """The best idea so far (the baseline left out; an idea counts as soon as it finishes) and its id."""
+    base_ids = {p.idea_id for p in ideas if p.origin == "baseline"}
     done = [(p.metric, p.idea_id) for p in ideas if p.state == "done" and p.metric is not None]
+    done = [d for d in done if d[1] not in base_ids]
     live = _pick(view, "best_metric"), _pick(view, "best_idea")
-    if live[0] is not None:
+    if live[0] is not None and live[1] not in base_ids:
         done.append(live)  # type: ignore[arg-type]
     if not done:
         return None, "-"
@@ -94,7 +96,9 @@ def vs_baseline(best: float | None, base: float | None, direction: str) -> str:
         return ""
     better = best < base if direction == "min" else best > base
     pct = 100 * abs(best - base) / abs(base)
-    return f" ({pct:.1f}% {'better' if better else 'worse'} than baseline)"
+    if pct < 0.05:
+        return " (same as the baseline)"
+    return f" ({pct:.1f}% {'better' if better else 'worse'} than the baseline)"
 
 
 def epoch_text(view: CampaignView) -> str:
