@@ -1,4 +1,8 @@
-"""Slow: run every env's smoke profile through prepare/train/eval as PROTOCOL.md says; evaluator checks."""
+"""Slow: run every env's smoke profile through prepare/train/eval as PROTOCOL.md says; evaluator checks.
+
+Every built-in env trains its smoke profile here, once; test_env_baselines_cli.py drives the whole CLI path
+on the cheapest env only.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from env_harness import run_env
 from ideaforge.research_envs.registry import load_env
 
@@ -52,6 +55,8 @@ def test_tiny_gpt_evaluator_fails_without_trained_weights(tmp_path: Path) -> Non
 
 
 def test_tiny_gpt_resume_continues_at_the_saved_step(tmp_path: Path) -> None:
+    import torch  # here, not at the top: collecting the fast tier should not pay for importing torch
+
     env = load_env("tiny_gpt")
     data = tmp_path / "data"
     full = run_env(env, tmp_path / "full", data=data)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -209,8 +210,14 @@ def test_wheel_holds_only_ideaforge_with_env_data_and_builds_without_warnings(tm
     setuptools warning banner while it builds."""
     import zipfile
 
+    src, dist = tmp_path / "src", tmp_path / "dist"  # a copy: setuptools writes build/ into the source tree
+    for name in ("pyproject.toml", "README.md"):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, src / name)
+    for folder in set(PACKAGE_DIR.values()):
+        shutil.copytree(REPO / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(tmp_path), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(dist), str(src)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -219,7 +226,7 @@ def test_wheel_holds_only_ideaforge_with_env_data_and_builds_without_warnings(tm
     log = build.stdout + build.stderr
     assert "absent from the `packages` configuration" not in log
     assert "SetuptoolsDeprecationWarning" not in log
-    (wheel,) = tmp_path.glob("ideaforge-*.whl")
+    (wheel,) = dist.glob("ideaforge-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"ideaforge", wheel.name.split("-py3")[0] + ".dist-info"}
     expected = {m.replace(".", "/") + ("/__init__.py" if p.name == "__init__.py" else ".py") for m, p in MODULES.items()}

@@ -238,7 +238,6 @@ def test_bad_addresses_are_clear_errors(settings: Settings) -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.slow
 def test_shared_fixtures_serve(served_settings: Settings, temporal_env) -> None:
     """The session fixtures other tests rely on: Temporal with our search attributes, MLflow, env export."""
     from mlflow.tracking import MlflowClient

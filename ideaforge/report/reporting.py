@@ -27,7 +27,6 @@ from ideaforge.track.tracker import KIND_TAG, Tracker, report_key
 log = logging.getLogger(__name__)
 
 
-
 class LeaderboardRow(BaseModel):
     """One executed idea; ``rank`` is None for failed ideas (listed after the ranked ones)."""
 
