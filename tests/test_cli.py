@@ -84,6 +84,7 @@ def test_status_with_temporal_down_answers_from_saved_state(settings: Settings) 
     print(f"\nstatus with Temporal down: {took:.2f}s including interpreter start")
 
 
+@pytest.mark.slow  # several CLI processes
 def test_status_and_leaderboard_without_temporal_or_state_exit_2(settings: Settings) -> None:
     for cmd in (("status", "nothing"), ("leaderboard", "nothing"), ("list",), ("delete", "x", "--yes")):
         p = cli(*cmd)
@@ -92,6 +93,7 @@ def test_status_and_leaderboard_without_temporal_or_state_exit_2(settings: Setti
         assert "cannot reach Temporal" in p.stderr and "ideaforge up" in p.stderr
 
 
+@pytest.mark.slow  # several CLI processes
 def test_leaderboard_with_temporal_down_shows_the_saved_leaderboard(settings: Settings) -> None:
     save_state(settings, "saved2")
     p = cli("leaderboard", "saved2")
@@ -126,6 +128,7 @@ def test_start_refuses_what_cannot_run_before_anything_starts(
         assert "fix:" in p.stderr and "nothing was started" in p.stderr
 
 
+@pytest.mark.slow  # several CLI processes
 def test_report_and_export_of_an_unknown_campaign_exit_4(settings: Settings) -> None:
     for cmd in ("report", "export"):
         p = cli(cmd, "ghost")
@@ -133,6 +136,7 @@ def test_report_and_export_of_an_unknown_campaign_exit_4(settings: Settings) -> 
         assert p.returncode == 4 and "no saved state" in p.stderr
 
 
+@pytest.mark.slow  # several CLI processes
 def test_report_and_export_write_under_home_not_the_current_directory(settings: Settings, tmp_path: Path) -> None:
     save_state(settings, "files1")
     before = set(REPO.iterdir())
@@ -235,6 +239,7 @@ def test_each_stopped_state_has_one_next_step_and_no_loop() -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # waits out the 2 s query timeout in three processes
 def test_status_with_no_worker_answers_within_the_query_timeout(served_settings: Settings, temporal_env) -> None:
     """A campaign whose worker is gone: `status` answers from Temporal's records (exit 3), never hangs."""
     import asyncio

@@ -254,3 +254,47 @@ def test_shared_fixtures_serve(served_settings: Settings, temporal_env) -> None:
     exp = client.create_experiment("fixture-check")
     assert client.get_experiment(exp).name == "fixture-check"
     assert Settings.from_env() == served_settings
+
+
+def test_supervisor_restarts_a_dead_child_with_backoff(settings: Settings, monkeypatch) -> None:
+    """The supervisor loop in this process, supervising a stand-in worker: kill -9 it twice; it comes back
+    after 1 s, then after 2 s (backoff), and `stop` ends it. Stale attempt folders go at each (re)start."""
+    import os
+    import signal
+    import time
+
+    from ideaforge.cli import supervisor
+
+    argv = [sys.executable, "-c", "import time; time.sleep(120)"]
+    monkeypatch.setattr(stack, "worker_command", lambda: argv)
+    stale = settings.home / "work" / "campaign-x_e000_i00-dead"
+    stale.mkdir(parents=True)
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    sup = supervisor.Supervisor(settings, ["worker"])
+
+    def wait_restart(previous: int) -> float:
+        os.kill(previous, signal.SIGKILL)
+        while procs.proc_cmdline(previous) is not None:
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        while (rec := stack.owned(settings, "worker")) is None or rec.pid == previous:
+            sup.step()
+            assert time.monotonic() - t0 < 10, "not restarted"
+            time.sleep(0.02)
+        return time.monotonic() - t0
+
+    try:
+        sup.step()
+        first = stack.owned(settings, "worker")
+        assert first is not None and procs.proc_cmdline(first.pid) == argv
+        assert not stale.exists()  # removed before the worker started
+        assert 0.9 < wait_restart(first.pid) < 3.0
+        second = stack.owned(settings, "worker")
+        assert 1.9 < wait_restart(second.pid) < 4.0  # died again quickly: the wait doubled
+        assert sup.children[0].restarts == 2
+    finally:
+        sup.stop()
+    assert stack.owned(settings, "worker") is None
+    log = (settings.home / "logs" / "worker.log").read_text()
+    assert log.count("starting:") == 3
