@@ -99,8 +99,12 @@ async def start(client: Client, config: CampaignConfig, *, replace: bool = False
     A running campaign with the same config is attached to; with a different config the start is refused.
     A completed campaign is not run again ("finished": show its result; ``delete`` it to start afresh);
     a failed/terminated/cancelled one is refused with the one command that continues it (``resume``).
+    ``replace``: a closed campaign of that name is not looked at (it was just deleted, and the server may
+    still be removing it): a new one starts.
     """
     desc = await describe(client, config.name)
+    if replace and desc is not None and desc.status != RUNNING:
+        desc = None
     handle = client.get_workflow_handle_for(CampaignWorkflow.run, config.workflow_id)
     if desc is not None and desc.status == RUNNING:
         running = await _run_input(handle)
