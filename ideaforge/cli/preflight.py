@@ -19,7 +19,6 @@ from ideaforge import names
 from ideaforge.config import Settings
 from ideaforge.models import CampaignConfig, EnvSpec, ProviderConfig
 
-KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}  # as ideaforge.llm.client
 SLOTS_RE = re.compile(r"\bslots=(\d+)\b")  # training workers advertise their slots in their identity
 POLLER_WAIT_S = 15.0  # a worker started just now needs a moment to poll
 
@@ -34,7 +33,11 @@ def key_env(provider: ProviderConfig) -> str | None:
     """The environment variable that must hold this provider's key, or None when it needs none."""
     if provider.api_key_env:
         return provider.api_key_env
-    return KEY_ENV.get(provider.kind)
+    if provider.kind == "offline":
+        return None
+    from ideaforge.llm.client import DEFAULT_KEY_ENV  # the client's own table (imported only when needed)
+
+    return DEFAULT_KEY_ENV.get(provider.kind)
 
 
 def _proc_env_names(pid: int) -> set[str] | None:
