@@ -30,7 +30,7 @@ from ideaforge.models import (
     RecordResult,
     SaveStateRequest,
 )
-from ideaforge.names import idea_id
+from ideaforge.names import idea_id, state_key
 from ideaforge.patch.package import pack_patched
 from ideaforge.store.artifacts import ObjectStore
 
@@ -44,11 +44,6 @@ def _give_up_on_llm(e: LLMError) -> str:
     if e.retryable and activity.info().attempt < LLM_ATTEMPTS:
         raise ApplicationError(f"LLM provider failed (attempt {activity.info().attempt}): {e}") from e
     return f"LLM provider failed: {e}"
-
-
-def state_key(campaign: str) -> str:
-    """Object-store key of a campaign's last saved state (a CampaignInput as JSON)."""
-    return f"campaigns/{campaign}/state.json"
 
 
 def load_saved_state(store: ObjectStore, campaign: str) -> CampaignInput | None:
@@ -140,6 +135,18 @@ class CampaignActivities:
     @activity.defn(name=names.SAVE_STATE)
     async def save_state(self, req: SaveStateRequest) -> None:
         await asyncio.to_thread(self.store.put_named, state_key(req.campaign), req.state_json.encode())
+        await self._sync_rewards(req)
+
+    async def _sync_rewards(self, req: SaveStateRequest) -> None:
+        """Rewards known only now (ideas that finished before the baseline) reach their MLflow runs; an MLflow
+        outage does not hold the saved state back (the next save tries again)."""
+        from ideaforge.track.tracker import TrackingError, TrackingUnavailable
+
+        archive = CampaignInput.model_validate_json(req.state_json).state.archive
+        try:
+            await asyncio.to_thread(self.tracker.sync_rewards, req.campaign, archive)
+        except (TrackingError, TrackingUnavailable) as e:
+            log.warning("rewards of %s not synced to MLflow yet: %s", req.campaign, e)
 
     def all(self) -> list:
         return [
