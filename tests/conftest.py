@@ -186,3 +186,24 @@ def s3_settings(settings: Settings, s3_server: str, monkeypatch) -> Settings:
     bucket = f"test-{uuid.uuid4().hex[:12]}"
     s = settings.model_copy(update={"artifact_uri": f"s3://{bucket}/ideaforge", "s3_endpoint": s3_server})
     return _export(monkeypatch, s)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator:
+    """A throwaway PostgreSQL 15 cluster (``tests.harness.PostgresCluster``) on a loopback port for the session.
+
+    Its directory is a fresh ``/tmp/ideaforge-pg-*`` (pytest's tmp dirs are private to root, and the server
+    runs as ``nobody`` when the tests run as root); it is removed afterwards."""
+    import shutil
+    import tempfile
+
+    from tests.harness import PostgresCluster
+
+    root = Path(tempfile.mkdtemp(prefix="ideaforge-pg-"))
+    cluster = PostgresCluster(root, free_port())
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)

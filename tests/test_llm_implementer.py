@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 
 import pytest
 
@@ -12,7 +11,7 @@ from ideaforge.llm.implementer import LLMImplementer
 from ideaforge.llm.providers import make_implementer
 from ideaforge.models import Idea, ImplementRequest, ProviderConfig
 from ideaforge.names import idea_id
-from ideaforge.patch.apply import apply_diff, make_diff
+from ideaforge.patch.apply import make_diff, patched_tree
 from ideaforge.store.artifacts import LocalStore
 from tests.fakes.llm_server import FakeLLMServer, write_tiny_env
 
@@ -57,10 +56,7 @@ def sr(path: str, search: str, replace: str) -> str:
 
 
 def patched(env, store, ref, tmp_path) -> str:
-    tree = tmp_path / "check"
-    shutil.copytree(env.baseline, tree)
-    apply_diff(store.get_text(ref), tree)
-    return (tree / "train.py").read_text()
+    return (patched_tree(env.baseline, store.get_text(ref), tmp_path / "check") / "train.py").read_text()
 
 
 def run(impl, req, env, store):
@@ -118,7 +114,7 @@ def test_garbage_gives_patch_failed_with_raw_text_stored(server, env, store):
     p = prov(server)
     out = run(LLMImplementer(p), request(p), env, store)
     assert not out.applies and out.category == "patch_failed"
-    assert "no unified diff" in out.error
+    assert "no change found in the reply" in out.error
     assert store.get_text(out.diff).startswith("I think you should")  # shown back on the next revision
 
 
@@ -161,7 +157,7 @@ def test_revision_feeds_previous_diff_and_error_back(server, env, store, tmp_pat
     out = run(LLMImplementer(p), req, env, store)
     assert out.applies
     prompt = server.requests[0].prompt
-    assert "Your previous attempt failed" in prompt
+    assert "Your previous reply was not applied" in prompt
     assert "git apply failed: patch does not apply" in prompt and "-LR = 9" in prompt
 
 
@@ -188,4 +184,22 @@ def test_no_op_change_is_a_failure(server, env, store):
     server.push_text(sr("train.py", "LR = 0.1", "LR = 0.1"))
     p = prov(server)
     out = run(LLMImplementer(p), request(p), env, store)
-    assert not out.applies and "identical to the baseline" in out.error
+    assert not out.applies and "leaves every file as it was" in out.error
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "openai"])
+def test_reply_cut_at_the_token_limit_is_not_applied(server, env, store, kind):
+    # a diff that looks complete: only the API's stop reason (max_tokens / length) says it was cut
+    server.push_text("--- a/train.py\n+++ b/train.py\n@@ -3,1 +3,1 @@\n-LR = 0.1\n+LR = 0.05\n", cut_off=True)
+    p = prov(server, kind)
+    out = run(LLMImplementer(p), request(p), env, store)
+    assert not out.applies and out.category == "patch_failed"
+    assert "cut off at the output-token limit" in out.error
+
+
+def test_refusal_message_quotes_the_file_region(server, env, store):
+    server.push_text("```diff\n--- a/train.py\n+++ b/train.py\n@@ -3,1 +3,1 @@\n-LR = 0.3\n+LR = 0.05\n```\n")
+    p = prov(server)
+    out = run(LLMImplementer(p), request(p), env, store)
+    assert not out.applies
+    assert "hunk 1 does not match" in out.error and "    3 | LR = 0.1" in out.error

@@ -19,21 +19,15 @@ from ideaforge.llm.client import LLMClient, LLMError
 from ideaforge.llm.ideator import direction_text, read_editable
 from ideaforge.llm.prompts import render, render_files
 from ideaforge.models import Implementation, ImplementRequest, ProviderConfig, Usage
-from ideaforge.patch.apply import PatchError, apply_diff, check_applies, check_policy, inspect_diff, make_diff
-from ideaforge.patch.repair import (
-    apply_search_replace_fuzzy,
-    apply_with_repair,
-    extract_diff_text,
-    has_search_replace,
-    parse_search_replace,
-    resolve_path,
-)
+from ideaforge.patch.answer import apply_answer
+from ideaforge.patch.apply import PatchError, check_applies, make_diff, patched_tree
 from ideaforge.research_envs.registry import ResearchEnv
 from ideaforge.store.artifacts import ObjectStore
 
 log = logging.getLogger(__name__)
 
-MAX_ERROR_CHARS = 2000
+MAX_ERROR_CHARS = 3000
+CUT_OFF_REASONS = {"max_tokens", "length", "model_context_window_exceeded"}  # Anthropic / OpenAI stop reasons
 
 
 @dataclass
@@ -68,16 +62,15 @@ class LLMImplementer:
             raise ValueError("LLMImplementer.implement needs an ObjectStore (argument or constructor)")
         with tempfile.TemporaryDirectory(prefix="ideaforge-impl-") as tmp:
             current = Path(tmp) / "current"
-            shutil.copytree(env.baseline, current)
-            if req.parent_diff is not None:
-                try:
-                    apply_diff(store.get_text(req.parent_diff), current)
-                except PatchError as e:
-                    return Implementation(
-                        applies=False,
-                        category="patch_failed",
-                        error=f"the parent's diff no longer applies to the baseline: {e}",
-                    )
+            parent = store.get_text(req.parent_diff) if req.parent_diff is not None else None
+            try:
+                patched_tree(env.baseline, parent, current)
+            except PatchError as e:
+                return Implementation(
+                    applies=False,
+                    category="patch_failed",
+                    error=f"the parent's diff no longer applies to the baseline: {e}",
+                )
             system = render("implement_system")
             user = self._prompt(req, env, current, store)
             messages = [{"role": "user", "content": user}]
@@ -95,7 +88,8 @@ class LLMImplementer:
                         llm_errors.append(e)
                         continue
                     usage += comp.usage
-                    sample = await asyncio.to_thread(self._evaluate, comp.text, env, current, Path(tmp))
+                    cut_off = comp.finish_reason in CUT_OFF_REASONS
+                    sample = await asyncio.to_thread(self._evaluate, comp.text, env, current, Path(tmp), cut_off)
                     samples.append(sample)
                     if sample.diff is not None:
                         winner = sample
@@ -145,7 +139,7 @@ class LLMImplementer:
 
     # -- one sample ---------------------------------------------------------------------------------------
 
-    def _evaluate(self, text: str, env: ResearchEnv, current: Path, tmp: Path) -> _Sample:
+    def _evaluate(self, text: str, env: ResearchEnv, current: Path, tmp: Path, cut_off: bool = False) -> _Sample:
         """Apply one reply on a fresh copy of ``current``; return the baseline-relative diff or the error."""
         sample = _Sample(raw=text)
         protected = env.spec.protected_files
@@ -153,30 +147,14 @@ class LLMImplementer:
         tree = work / "tree"
         shutil.copytree(current, tree)
         try:
-            if has_search_replace(text):
-                edits = parse_search_replace(text)
-                names = [p.relative_to(tree).as_posix() for p in tree.rglob("*") if p.is_file()]
-                for e in edits:
-                    e.file = resolve_path(e.file, names)
-                _refuse_protected([e.file for e in edits], protected)
-                new = apply_search_replace_fuzzy(edits, lambda f: _read(tree, f))
-                for rel, content in new.items():
-                    (tree / rel).parent.mkdir(parents=True, exist_ok=True)
-                    (tree / rel).write_text(content)
-                changed = set(new)
-            else:
-                body = extract_diff_text(text)
-                try:
-                    check_policy(body, protected)
-                except PatchError as e:
-                    if e.category == "protected_file_touched":
-                        raise
-                applied = apply_with_repair(body, tree)
-                changed = set(inspect_diff(applied).files)
+            applied = apply_answer(text, tree, protected, env.spec.editable_files, cut_off=cut_off)
+            gone = sorted(rel for rel, content in applied.files.items() if content is None)
+            if gone:
+                raise PatchError(f"the change deletes {gone}: deleting files is not supported; edit them instead")
             parent_changed = _changed_files(env.baseline, current)
             files = {
                 rel: (tree / rel).read_text()
-                for rel in sorted(changed | parent_changed)
+                for rel in sorted(set(applied.files) | parent_changed)
                 if (tree / rel).is_file()
             }
             diff = make_diff(env.baseline, files)
@@ -219,22 +197,6 @@ class LLMImplementer:
             "usage": usage.model_dump(),
         }
         return store.put_text(self.client.scrub(json.dumps(doc, indent=1)), kind="transcript")
-
-
-def _read(tree: Path, rel: str) -> str | None:
-    p = tree / rel
-    return p.read_text() if p.is_file() else None
-
-
-def _refuse_protected(files: list[str], protected: list[str]) -> None:
-    touched = sorted(set(files) & set(protected))
-    if touched:
-        raise PatchError(
-            f"edit touches protected file(s) {touched}: the evaluator is locked", "protected_file_touched"
-        )
-    for f in files:
-        if f.startswith("/") or ".." in Path(f).parts:
-            raise PatchError(f"edit path escapes the codebase: {f}")
 
 
 def _changed_files(baseline: Path, current: Path) -> set[str]:

@@ -79,15 +79,32 @@ def check_policy(diff: str, protected: list[str]) -> DiffInfo:
     info = inspect_diff(diff)
     if info.binary:
         raise PatchError("binary diffs are not accepted", "patch_failed")
-    for f in info.files:
+    refuse_protected(info.files, protected)
+    return info
+
+
+def refuse_protected(files: list[str], protected: list[str]) -> None:
+    """The one check on the files a change touches: no path escaping the tree, no protected (evaluation) file."""
+    for f in files:
         if f.startswith("/") or ".." in Path(f).parts:
-            raise PatchError(f"diff path escapes the codebase: {f}")
-    touched = sorted(set(info.files) & set(protected))
+            raise PatchError(f"the change's path escapes the codebase: {f}")
+    touched = sorted(set(files) & set(protected))
     if touched:
         raise PatchError(
-            f"diff touches protected file(s) {touched}: the evaluator is locked", "protected_file_touched"
+            f"the change touches protected file(s) {touched}: the evaluator is locked; nothing was applied",
+            "protected_file_touched",
         )
-    return info
+
+
+_SKIP_DIRS = ("__pycache__", ".git", ".pytest_cache")
+
+
+def patched_tree(baseline: Path, diff: str | None, dest: Path, check_only: bool = False) -> Path:
+    """The one way to copy a baseline and apply a diff to the copy (``git apply``; ``check_only``: --check)."""
+    shutil.copytree(baseline, dest, ignore=shutil.ignore_patterns(*_SKIP_DIRS))
+    if diff:
+        apply_diff(diff, dest, check_only=check_only)
+    return dest
 
 
 def apply_diff(diff: str, workdir: Path, check_only: bool = False) -> None:
@@ -110,9 +127,7 @@ def check_applies(diff: str, base_dir: Path, protected: list[str]) -> DiffInfo:
     """Policy check, then ``git apply --check`` against a scratch copy of ``base_dir``."""
     info = check_policy(diff, protected)
     with tempfile.TemporaryDirectory(prefix="ideaforge-check-") as tmp:
-        work = Path(tmp) / "tree"
-        shutil.copytree(base_dir, work)
-        apply_diff(diff, work, check_only=True)
+        patched_tree(base_dir, diff, Path(tmp) / "tree", check_only=True)
     return info
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import io
-import shutil
 import tempfile
 import zipfile
 from pathlib import Path
+
+from ideaforge.patch.apply import patched_tree
+
+__all__ = ["pack_patched", "pack_tree", "patched_tree", "unpack_zip"]
 
 _FIXED_DATE = (1980, 1, 1, 0, 0, 0)
 _SKIP_DIRS = {"__pycache__", ".git", ".pytest_cache"}
@@ -39,16 +42,6 @@ def unpack_zip(data: bytes, dest: Path) -> Path:
             mode = (info.external_attr >> 16) & 0o777
             if mode:
                 target.chmod(mode)
-    return dest
-
-
-def patched_tree(baseline: Path, diff: str | None, dest: Path) -> Path:
-    """Copy ``baseline`` to ``dest`` and apply ``diff`` (if any) with git apply."""
-    from ideaforge.patch.apply import apply_diff
-
-    shutil.copytree(baseline, dest, ignore=shutil.ignore_patterns(*_SKIP_DIRS))
-    if diff:
-        apply_diff(diff, dest)
     return dest
 
 

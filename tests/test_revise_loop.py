@@ -1,0 +1,115 @@
+"""The revise-on-patch-failure loop of IdeaWorkflow, through a real Temporal dev server, worker and MLflow.
+
+The loopback LLM server answers with a broken reply first and a good one second (or only broken ones): the
+workflow must feed the exact failure back, revise, and run the corrected change, never the broken one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+from ideaforge.research_envs.registry import load_env
+
+from ideaforge import names
+from ideaforge.config import Settings
+from ideaforge.models import Idea, IdeaInput, IdeaOutcome, ProviderConfig
+from ideaforge.names import idea_id
+from ideaforge.patch.answer import apply_answer
+from ideaforge.patch.apply import PatchError
+from ideaforge.store.artifacts import open_store
+from tests.fakes.llm_server import FakeLLMServer
+from tests.harness import running_worker
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+KEY_ENV = "IDEAFORGE_TEST_REVISE_KEY"
+# Cut off after the removed line: applying it would silently train the baseline without momentum's value.
+TRUNCATED = (
+    "Heavy-ball momentum should speed up the descent.\n\n--- a/train.py\n+++ b/train.py\n"
+    "@@ -11,4 +11,4 @@\n LR = 0.05\n-MOMENTUM = 0.0\n"
+)
+GOOD = (
+    "Heavy-ball momentum 0.9.\n\n```diff\n--- a/train.py\n+++ b/train.py\n@@ -11,3 +11,3 @@\n LR = 0.05\n"
+    "-MOMENTUM = 0.0\n+MOMENTUM = 0.9\n NOISE = 0.01\n```\n"
+)
+# Three more ways to fail: a hunk that fits two places, a half line, and code that does not compile.
+AMBIGUOUS = "```diff\n--- a/train.py\n+++ b/train.py\n@@ -5,2 +5,3 @@\n \n+STEP_SCALE = 1.0\n \n```\n"
+HALF_LINE = "```diff\n--- a/train.py\n+++ b/train.py\n@@ -11,3 +11,3 @@\n LR = 0.05\n-MOMENTUM = 0.0\n+MOMENTUM = max(0.9,"
+NO_COMPILE = "```diff\n--- a/train.py\n+++ b/train.py\n@@ -11,3 +11,3 @@\n LR = 0.05\n-MOMENTUM = 0.0\n+MOMENTUM = = 0.9\n NOISE = 0.01\n```\n"
+
+
+def _error_of(reply: str, settings: Settings, tmp: Path) -> str:
+    """The exact refusal the implementer must report for ``reply`` (computed here, on a scratch copy)."""
+    env = load_env("toy_quad", settings.env_paths)
+    tree = tmp / f"check-{uuid.uuid4().hex[:6]}"
+    shutil.copytree(env.baseline, tree)
+    with pytest.raises(PatchError) as e:
+        apply_answer(reply, tree, env.spec.protected_files, env.spec.editable_files)
+    return str(e.value)
+
+
+def _run_idea(settings: Settings, client, replies: list[str], max_revisions: int = 2):
+    env = load_env("toy_quad", settings.env_paths)
+    name = f"revise-{uuid.uuid4().hex[:6]}"
+    with FakeLLMServer(smart=False) as srv:
+        for r in replies:
+            srv.push_text(r)
+        provider = ProviderConfig(
+            kind="anthropic", base_url=srv.base_url("anthropic"), api_key_env=KEY_ENV, model="fake-model", max_retries=0
+        )
+        idea = Idea(idea_id=idea_id(name, 0, 0), epoch=0, index=0, title="Momentum", text="Use momentum 0.9.")
+        inp = IdeaInput(
+            campaign=name, spec=env.spec, idea=idea, implementer=provider, max_revisions=max_revisions,
+            experiment=f"ideaforge-{name}",
+        )
+
+        async def go() -> IdeaOutcome:
+            async with running_worker(client, settings):
+                return await asyncio.wait_for(
+                    client.execute_workflow(
+                        "IdeaWorkflow", inp, id=idea.idea_id, task_queue=names.ORCHESTRATOR_QUEUE,
+                        result_type=IdeaOutcome,
+                    ),
+                    240,
+                )
+
+        outcome = asyncio.run(go())
+        prompts = [r.prompt for r in srv.requests]
+    return outcome, prompts
+
+
+def test_broken_reply_is_revised_with_the_exact_error(served_settings, temporal_env, monkeypatch, tmp_path):
+    monkeypatch.setenv(KEY_ENV, "sk-revise")
+    error = _error_of(TRUNCATED, served_settings, tmp_path)
+    assert "cut off" in error
+    outcome, prompts = _run_idea(served_settings, temporal_env.client, [TRUNCATED, GOOD])
+
+    assert outcome.revisions == 1
+    assert len(prompts) == 2
+    assert "Your previous reply was not applied" not in prompts[0]
+    assert "Your previous reply was not applied" in prompts[1]
+    assert error in prompts[1]  # the exact failure, quoted
+    assert "-MOMENTUM = 0.0" in prompts[1]  # and the reply it refers to
+    assert outcome.summary.status == "ok", outcome.error
+    store = open_store(served_settings)
+    diff = store.get_text(outcome.summary.diff)
+    assert "+MOMENTUM = 0.9" in diff and "-MOMENTUM = 0.0" in diff
+    assert diff.count("\n+") == 1 + diff.count("\n+++")  # exactly one added line: the good reply's
+
+
+def test_every_failure_kind_goes_back_and_nothing_runs_when_all_fail(served_settings, temporal_env, monkeypatch, tmp_path):
+    monkeypatch.setenv(KEY_ENV, "sk-revise")
+    replies = [AMBIGUOUS, HALF_LINE, NO_COMPILE]
+    errors = [_error_of(r, served_settings, tmp_path) for r in replies]
+    assert "fits 3 places" in errors[0] and "cut off" in errors[1] and "does not compile" in errors[2]
+    outcome, prompts = _run_idea(served_settings, temporal_env.client, replies)
+
+    assert outcome.revisions == 2 and len(prompts) == 3
+    assert errors[0] in prompts[1] and errors[1] in prompts[2]
+    assert outcome.summary.status == "failed" and outcome.summary.category == "patch_failed"
+    assert outcome.run is None and outcome.summary.code is None  # never packaged, never trained
+    assert errors[2] in (outcome.error or "")
