@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from ideaforge import names
@@ -57,10 +55,3 @@ def test_search_attributes_declared_once_with_cli_flags() -> None:
     ]
     assert names.SEARCH_ATTRIBUTES == (names.EPOCH, names.BEST_METRIC, names.ENV)
 
-
-def test_compose_registers_the_same_search_attributes() -> None:
-    """docker-compose.yml cannot import names.py: its shell loop must list the same Name=Type flags."""
-    compose = (Path(__file__).resolve().parents[1] / "docker-compose.yml").read_text()
-    (line,) = [ln for ln in compose.splitlines() if ln.strip().startswith("for sa in ")]
-    listed = line.strip().removeprefix("for sa in ").removesuffix("; do").split()
-    assert listed == [search_attribute_flag(k) for k in names.SEARCH_ATTRIBUTES]
