@@ -86,9 +86,7 @@ async def bench(settings: Settings, ideas: int, slots: int) -> dict[str, float]:
     from ideaforge.workers.main import build_workers, connect
 
     client = await connect(settings)
-    workers = build_workers(
-        client, settings, [names.ORCHESTRATOR_QUEUE, names.CPU_QUEUE, "cpu-train"], slots, None
-    )
+    workers = build_workers(client, settings, [names.ORCHESTRATOR_QUEUE, names.CPU_QUEUE, "cpu-train"], slots)
     tasks = [asyncio.create_task(w.run()) for w in workers]
     try:
         cfg = CampaignConfig(
