@@ -37,7 +37,7 @@ from ideaforge.models import (
     SaveStateRequest,
     SaveStateResult,
 )
-from ideaforge.names import idea_id
+from ideaforge.names import idea_id, state_key
 from ideaforge.patch.package import pack_patched
 from ideaforge.store.artifacts import ObjectStore, StorageError
 
@@ -51,11 +51,6 @@ def _give_up_on_llm(e: LLMError) -> str:
     if e.retryable and activity.info().attempt < LLM_ATTEMPTS:
         raise ApplicationError(f"LLM provider failed (attempt {activity.info().attempt}): {e}") from e
     return f"LLM provider failed: {e}"
-
-
-def state_key(campaign: str) -> str:
-    """Object-store key of a campaign's last saved state (a CampaignInput as JSON)."""
-    return f"campaigns/{campaign}/state.json"
 
 
 def load_archive(store: ObjectStore, head: ArtifactRef | None) -> list[IdeaSummary]:
@@ -228,18 +223,32 @@ class CampaignActivities:
     @activity.defn(name=names.SAVE_STATE)
     async def save_state(self, req: SaveStateRequest) -> SaveStateResult:
         """Flush ``recent`` as a chunk (content-addressed, so a retry gives the same ref), save the state."""
-        return await asyncio.to_thread(self._save_state, req)
+        res, flushed = await asyncio.to_thread(self._save_state, req)
+        if flushed:
+            await self._sync_rewards(req.campaign, flushed)
+        return res
 
-    def _save_state(self, req: SaveStateRequest) -> SaveStateResult:
+    def _save_state(self, req: SaveStateRequest) -> tuple[SaveStateResult, list[IdeaSummary]]:
         saved = CampaignInput.model_validate_json(req.state_json)
         st = saved.state
+        flushed: list[IdeaSummary] = []
         if req.flush and st.recent:
             chunk = ArchiveChunk(prev=st.archive_head, ideas=st.recent)
             st.archive_head = self.store.put_text(chunk.model_dump_json(), kind="archive")
-            st.recent = []
+            flushed, st.recent = st.recent, []
         st.archive = []
         self.store.put_named(state_key(req.campaign), saved.model_dump_json().encode())
-        return SaveStateResult(head=st.archive_head)
+        return SaveStateResult(head=st.archive_head), flushed
+
+    async def _sync_rewards(self, campaign: str, ideas: list[IdeaSummary]) -> None:
+        """Rewards reach the ideas' MLflow runs (a no-op where the idea workflow recorded them already); an
+        MLflow outage does not hold the saved state back."""
+        from ideaforge.track.tracker import TrackingError, TrackingUnavailable
+
+        try:
+            await asyncio.to_thread(self.tracker.sync_rewards, campaign, ideas)
+        except (TrackingError, TrackingUnavailable) as e:
+            log.warning("rewards of %s not synced to MLflow yet: %s", campaign, e)
 
     def all(self) -> list:
         return [

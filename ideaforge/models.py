@@ -144,6 +144,8 @@ class EnvSpec(Strict):
     # names of host environment variables whose values are read-only paths the env's commands need (local
     # model weights under HF_HOME, a tiktoken cache, raw data files): passed through, bound read-only
     host_paths: list[str] = Field(default_factory=list)
+    # advice for the ideator (what kind of ideas fit this env, what must not change), shown in its prompt
+    ideator_guidance: str = ""
     offline: OfflineCatalogue = Field(default_factory=OfflineCatalogue)
 
     @field_validator("name")
@@ -188,36 +190,85 @@ class EnvSpec(Strict):
 # --------------------------------------------------------------------------- LLM providers and usage
 
 
+ThinkingMode = Literal["off", "budget", "adaptive"]
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
+
+
 class ProviderConfig(Strict):
-    """Which model proposes ideas or diffs. Keys come only from the environment (``api_key_env``)."""
+    """Which model proposes ideas or diffs, and how it is called. Keys come only from the environment.
+
+    Token budgets: ``max_tokens`` is the budget of the visible answer. Thinking/reasoning tokens come on top:
+    Anthropic ``thinking="budget"`` sends ``thinking={"type": "enabled", "budget_tokens": thinking_budget}``
+    with ``max_tokens = thinking_budget + max_tokens`` (the paper: 1.5-3k thinking, 8-10k answer, temperature
+    1); ``thinking="adaptive"`` lets the model decide, with the same headroom. OpenAI reasoning models (o1/o3/
+    o4/gpt-5, or any model given ``reasoning_effort``) count reasoning in ``max_completion_tokens``, so they get
+    ``max_tokens + reasoning headroom`` (``thinking_budget``, else a default that grows with the effort).
+    """
 
     kind: ProviderKind = "offline"
     model: str | None = None
     base_url: str | None = None
     api_key_env: str | None = None
-    temperature: float = Field(0.8, ge=0, le=2)
-    max_tokens: int = Field(4096, ge=16)
+    # None: the provider's default (1.0 for Anthropic and OpenAI); thinking/reasoning models take only that
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_tokens: int = Field(8192, ge=16, le=128_000)
+    thinking: ThinkingMode = "off"
+    thinking_budget: int | None = Field(None, ge=1024, le=64_000)
+    reasoning_effort: ReasoningEffort | None = None
+    prompt_cache: bool = True  # mark the stable prompt prefix (system prompt) cacheable where the API needs it
+    ideas_per_call: int = Field(10, ge=1, le=50)  # ideator: ideas asked for in one completion
     concurrency: int = Field(4, ge=1, le=64)
     requests_per_minute: float | None = Field(None, gt=0)
     max_retries: int = Field(3, ge=0, le=10)
-    timeout_s: float = Field(120, gt=0)
+    timeout_s: float = Field(600, gt=0)  # per request: 10k tokens of thinking + answer take minutes
     price_in_per_mtok: float | None = None
     price_out_per_mtok: float | None = None
+    price_cached_in_per_mtok: float | None = None  # cache reads (default: the table's, else 10% of input)
+
+    @model_validator(mode="after")
+    def _thinking_consistent(self) -> ProviderConfig:
+        if self.thinking != "off" and self.kind != "anthropic":
+            raise ValueError(
+                f"thinking={self.thinking!r} is an Anthropic setting; for {self.kind} use reasoning_effort"
+            )
+        if self.thinking != "off" and self.temperature not in (None, 1.0):
+            raise ValueError("thinking needs temperature 1 (leave temperature unset)")
+        if self.kind == "anthropic" and self.reasoning_effort in ("none", "minimal"):
+            raise ValueError("Anthropic effort is one of low, medium, high, xhigh, max")
+        return self
+
+
+USAGE_COUNTS = (
+    "calls",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cancelled_calls",
+    "truncated_calls",
+)
 
 
 class Usage(Strict):
+    """Tokens and cost of LLM calls. ``input_tokens`` counts every prompt token (cached ones included),
+    ``output_tokens`` every generated one (reasoning included); the other counts break them down.
+    ``cancelled_calls`` were abandoned before their reply (a parallel sample cancelled once another won):
+    their tokens are estimated, since the provider bills them anyway."""
+
     calls: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_input_tokens: int = 0  # read from the provider's prompt cache (billed at the cache price)
+    cache_write_tokens: int = 0  # written to the cache (Anthropic bills them at 1.25x input)
+    reasoning_tokens: int = 0  # thinking / reasoning tokens inside output_tokens
+    cancelled_calls: int = 0
+    truncated_calls: int = 0  # replies cut by the token limit (finish_reason length / max_tokens)
     cost_usd: float = 0.0
 
     def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            calls=self.calls + other.calls,
-            input_tokens=self.input_tokens + other.input_tokens,
-            output_tokens=self.output_tokens + other.output_tokens,
-            cost_usd=self.cost_usd + other.cost_usd,
-        )
+        counts = {k: getattr(self, k) + getattr(other, k) for k in USAGE_COUNTS}
+        return Usage(**counts, cost_usd=self.cost_usd + other.cost_usd)
 
 
 # --------------------------------------------------------------------------- campaign config
@@ -352,6 +403,8 @@ class IdeateRequest(Strict):
     archive: list[IdeaSummary] = Field(default_factory=list)
     baseline_metric: float | None = None
     human_ideas: list[str] = Field(default_factory=list)
+    # what the campaign may still spend on LLM calls (None: no cap); the ideator stops before a call past it
+    budget_left_usd: float | None = None
     # steady-state campaigns: the policy's plan per idea, bounded context, the full archive by reference
     plan: list[IdeaPlan] = Field(default_factory=list)
     n_planned: int | None = None  # ideas planned before this batch: seeds the offline ideator (replayable)

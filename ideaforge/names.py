@@ -98,6 +98,11 @@ def parse_idea_id(value: str) -> IdeaRef:
     return IdeaRef(m.group(1), int(m.group(2)), int(m.group(3)))
 
 
+def state_key(campaign: str) -> str:
+    """Object-store key of a campaign's last saved state (a CampaignInput as JSON)."""
+    return f"campaigns/{campaign}/state.json"
+
+
 def experiment_name(campaign: str) -> str:
     """The MLflow experiment that holds a campaign's runs: ``ideaforge/<campaign>``."""
     return f"{EXPERIMENT_PREFIX}{campaign}"

@@ -72,7 +72,7 @@ async def run_all(settings: Settings, args, spec: EnvSpec) -> list[dict]:
 
     client = await connect(settings)
     queues = [names.ORCHESTRATOR_QUEUE, names.CPU_QUEUE, "cpu-train"]
-    workers = build_workers(client, settings, queues, args.slots, None)
+    workers = build_workers(client, settings, queues, args.slots)
     tasks = [asyncio.create_task(w.run()) for w in workers]
     rows = []
     try:

@@ -8,7 +8,7 @@ from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 
 from ideaforge.names import experiment_name
-from ideaforge.track.tracker import KEY_TAG, KIND_TAG, PARENT_TAG
+from ideaforge.track.tracker import EPOCH_RUN_TAG, KEY_TAG, KIND_TAG, PARENT_TAG
 
 
 def campaign_runs(client: MlflowClient, campaign: str, kind: str = "idea") -> list[dict[str, Any]]:
@@ -38,7 +38,7 @@ def campaign_runs(client: MlflowClient, campaign: str, kind: str = "idea") -> li
             "key": r.data.tags.get(KEY_TAG),
             "idea_id": r.data.tags.get("ideaforge.idea_id"),
             "epoch": int(r.data.tags["ideaforge.epoch"]) if "ideaforge.epoch" in r.data.tags else None,
-            "parent_run_id": r.data.tags.get(PARENT_TAG),
+            "parent_run_id": r.data.tags.get(PARENT_TAG) or r.data.tags.get(EPOCH_RUN_TAG),
             "tags": dict(r.data.tags),
             "params": dict(r.data.params),
             "metrics": dict(r.data.metrics),

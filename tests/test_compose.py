@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ideaforge.names import SEARCH_ATTRIBUTES
+from ideaforge.names import SEARCH_ATTRIBUTES, search_attribute_flag
 from tests.harness import compose_bin, compose_config, compose_env_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -186,5 +186,4 @@ def test_temporal_init_registers_our_search_attributes(tmp_path: Path) -> None:
     script = _rendered(tmp_path)["services"]["temporal-init"]["command"][0]
     m = re.search(r"for sa in ([^;]+); do", script)
     assert m, script
-    declared = dict(item.split("=") for item in m.group(1).split())
-    assert declared == SEARCH_ATTRIBUTES
+    assert m.group(1).split() == [search_attribute_flag(k) for k in SEARCH_ATTRIBUTES]

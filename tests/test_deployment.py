@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 from ideaforge.research_envs.registry import load_env
-from ideaforge.workflows.campaign import CampaignWorkflow, experiment_name
+from ideaforge.workflows.campaign import CampaignWorkflow
 from ideaforge.workflows.idea import IdeaWorkflow
 from minio import Minio
 from mlflow.tracking import MlflowClient
@@ -49,8 +49,8 @@ from ideaforge.models import (
     IdeaOutcome,
     IdeaSummary,
     ProviderConfig,
-    idea_id,
 )
+from ideaforge.names import idea_id
 from ideaforge.store.artifacts import open_store
 from tests.fixtures.changed_idea_workflow import ChangedIdeaWorkflow
 from tests.harness import (
@@ -234,7 +234,10 @@ async def _training_idea(client: Client, campaign: str, min_step: int, timeout_s
     deadline = loop.time() + timeout_s
     while loop.time() < deadline:
         async for wf in client.list_workflows("WorkflowType = 'IdeaWorkflow' AND ExecutionStatus = 'Running'"):
-            if not wf.id.startswith(f"campaign-{campaign}/"):
+            try:
+                if names.parse_idea_id(wf.id).campaign != campaign:
+                    continue
+            except ValueError:
                 continue
             p = await pending_progress(client, wf.id)
             if p is not None and (p.checkpoint_step or 0) >= min_step:
@@ -258,14 +261,14 @@ def _baseline_input(campaign: str) -> IdeaInput:
     idea = Idea(idea_id=idea_id(campaign, 0, 0), epoch=0, index=0, title="baseline", text="baseline", origin="baseline")
     spec = load_env("toy_quad", [FIXTURE_ENVS]).spec
     return IdeaInput(campaign=campaign, spec=spec, idea=idea, profile="fault", implementer=ProviderConfig(),
-                     experiment=experiment_name(campaign))  # fmt: skip
+                     experiment=names.experiment_name(campaign))  # fmt: skip
 
 
 def _check_recorded(d: Deployment, campaign: str, summaries: list[IdeaSummary]) -> int:
     """Every idea has exactly one MLflow run (PostgreSQL) whose diff and log come back through the MLflow
     artifact proxy from the bucket (byte-equal to ideaforge's own S3 copy), and a curve. Returns the run count."""
     ml = MlflowClient(d.mlflow_uri)
-    exp = ml.get_experiment_by_name(experiment_name(campaign))
+    exp = ml.get_experiment_by_name(names.experiment_name(campaign))
     runs = [r for r in ml.search_runs([exp.experiment_id], max_results=1000) if "ideaforge.idea_id" in r.data.tags]
     per_idea = Counter(r.data.tags["ideaforge.idea_id"] for r in runs)
     assert per_idea == Counter({s.idea_id: 1 for s in summaries}), per_idea

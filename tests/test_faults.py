@@ -144,7 +144,7 @@ def test_campaign_survives_a_temporal_server_kill_and_restart(
             async with running_worker(client, s):
                 handle, _ = await campaigns.start(client, cfg)
                 for _ in range(300):
-                    _, st, _ = await campaigns.status(client, name)
+                    st = (await campaigns.status(client, name)).live
                     if st and st.ideas_running:
                         break
                     await asyncio.sleep(0.1)
@@ -183,7 +183,7 @@ def test_mlflow_outage_is_retried_and_nothing_is_lost(
             async with running_worker(client, s):
                 handle, _ = await campaigns.start(client, cfg)
                 for _ in range(300):
-                    _, st, _ = await campaigns.status(client, name)
+                    st = (await campaigns.status(client, name)).live
                     if st and st.ideas_running:
                         break
                     await asyncio.sleep(0.1)
@@ -263,3 +263,41 @@ def test_killing_the_cli_leaves_the_campaign_running_and_status_reattaches(
     assert final == "COMPLETED"
     assert f"campaign {name} completed" in out
     assert "leaderboard" in out
+
+
+def test_supervised_worker_killed_is_restarted_and_nothing_is_lost(settings: Settings) -> None:
+    """`ideaforge up` (supervisor + servers + worker), a campaign mid-training, kill -9 of the worker: the
+    supervisor restarts it with no user action, the campaign completes, one MLflow run per idea."""
+    name = f"supkill-{uuid.uuid4().hex[:6]}"
+    cfg = CampaignConfig(name=name, env="toy_quad", epochs=1, ideas_per_epoch=2, profile="fault")
+    stack.up(settings, with_worker=True, timeout_s=120)
+    try:
+
+        async def go() -> tuple[str, float, float]:
+            client = await connect(settings)
+            handle, _ = await campaigns.start(client, cfg)
+            for _ in range(600):  # the baseline's idea workflow starts once the epoch is ideated
+                if [w async for w in client.list_workflows(f"WorkflowId='{idea_id(name, 0, 0)}'")]:
+                    break
+                await asyncio.sleep(0.2)
+            await wait_for_checkpoint(client, idea_id(name, 0, 0), min_step=5)
+            old = stack.owned(settings, stack.WORKER)
+            assert old is not None
+            os.kill(old.pid, signal.SIGKILL)
+            killed = time.monotonic()
+            while (new := stack.owned(settings, stack.WORKER)) is None or new.pid == old.pid:
+                assert time.monotonic() - killed < 30, "the supervisor did not restart the worker"
+                await asyncio.sleep(0.1)
+            back = time.monotonic() - killed
+            result = await asyncio.wait_for(handle.result(), 300)
+            return f"{result.epochs_completed}/{len(result.archive)}", back, time.monotonic() - killed
+
+        summary, back_s, done_s = asyncio.run(go())
+        runs = _idea_run_count(settings.mlflow_uri, name)  # while the stack's MLflow still runs
+    finally:
+        stack.down(settings)
+    print(f"\nsupervised worker kill -9: new worker process {back_s:.1f}s after the kill, campaign done {done_s:.1f}s after")
+    assert summary == "1/3"  # baseline + 2 ideas, none lost
+    assert runs == 3
+    log = (settings.home / "logs" / "supervisor.log").read_text()
+    assert "worker died" in log and "worker restarted (restart #1)" in log

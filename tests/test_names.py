@@ -54,3 +54,4 @@ def test_search_attributes_declared_once_with_cli_flags() -> None:
         "Env=Keyword",
     ]
     assert names.SEARCH_ATTRIBUTES == (names.EPOCH, names.BEST_METRIC, names.ENV)
+

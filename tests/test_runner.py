@@ -614,6 +614,7 @@ class RunOnce:
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # 3.6 s on an idle machine (Temporal's 1 s retry backoff, the slow profile), 6-9 s loaded
 def test_retry_resumes_from_checkpoint_through_temporal(tmp_path, temporal_env):
     """Heartbeat details survive a failed attempt on a real server and come back (as dicts) to the retry."""
     from temporalio.worker import UnsandboxedWorkflowRunner, Worker

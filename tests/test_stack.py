@@ -30,7 +30,9 @@ def test_up_status_idempotent_down(settings: Settings) -> None:
     st = stack.up(settings, with_worker=False, timeout_s=120)
     try:
         assert st.healthy
-        t, m, w = (st.services[n] for n in ("temporal", "mlflow", "worker"))
+        t, m, w, sup = (st.services[n] for n in ("temporal", "mlflow", "worker", "supervisor"))
+        assert sup.running and sup.pid
+        assert [p.service for p in st.problems()] == ["worker"]  # not asked for, so reported down
         assert t.running and t.healthy and t.pid and t.url == settings.temporal_address
         assert m.running and m.healthy and m.pid and m.url == settings.mlflow_uri
         assert not w.running and w.pid is None
@@ -55,9 +57,10 @@ def test_up_status_idempotent_down(settings: Settings) -> None:
         again = stack.up(settings, with_worker=False, timeout_s=60)
         assert again.services["temporal"].pid == t.pid
         assert again.services["mlflow"].pid == m.pid
+        assert again.services["supervisor"].pid == sup.pid
     finally:
         stopped = stack.down(settings)
-    assert sorted(stopped) == ["mlflow", "temporal"]
+    assert sorted(stopped) == ["mlflow", "supervisor", "temporal"]
     assert _listening(settings) == []
     after = stack.status(settings)
     assert not after.healthy and after.services["temporal"].pid is None
@@ -251,3 +254,47 @@ def test_shared_fixtures_serve(served_settings: Settings, temporal_env) -> None:
     exp = client.create_experiment("fixture-check")
     assert client.get_experiment(exp).name == "fixture-check"
     assert Settings.from_env() == served_settings
+
+
+def test_supervisor_restarts_a_dead_child_with_backoff(settings: Settings, monkeypatch) -> None:
+    """The supervisor loop in this process, supervising a stand-in worker: kill -9 it twice; it comes back
+    after 1 s, then after 2 s (backoff), and `stop` ends it. Stale attempt folders go at each (re)start."""
+    import os
+    import signal
+    import time
+
+    from ideaforge.cli import supervisor
+
+    argv = [sys.executable, "-c", "import time; time.sleep(120)"]
+    monkeypatch.setattr(stack, "worker_command", lambda: argv)
+    stale = settings.home / "work" / "campaign-x_e000_i00-dead"
+    stale.mkdir(parents=True)
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    sup = supervisor.Supervisor(settings, ["worker"])
+
+    def wait_restart(previous: int) -> float:
+        os.kill(previous, signal.SIGKILL)
+        while procs.proc_cmdline(previous) is not None:
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        while (rec := stack.owned(settings, "worker")) is None or rec.pid == previous:
+            sup.step()
+            assert time.monotonic() - t0 < 10, "not restarted"
+            time.sleep(0.02)
+        return time.monotonic() - t0
+
+    try:
+        sup.step()
+        first = stack.owned(settings, "worker")
+        assert first is not None and procs.proc_cmdline(first.pid) == argv
+        assert not stale.exists()  # removed before the worker started
+        assert 0.9 < wait_restart(first.pid) < 3.0
+        second = stack.owned(settings, "worker")
+        assert 1.9 < wait_restart(second.pid) < 4.0  # died again quickly: the wait doubled
+        assert sup.children[0].restarts == 2
+    finally:
+        sup.stop()
+    assert stack.owned(settings, "worker") is None
+    log = (settings.home / "logs" / "worker.log").read_text()
+    assert log.count("starting:") == 3

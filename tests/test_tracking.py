@@ -42,6 +42,7 @@ DIFF = (
     "diff --git a/train.py b/train.py\n--- a/train.py\n+++ b/train.py\n@@ -1 +1 @@\n-lr = 1e-3\n+lr = 3e-3\n"
 )
 LOG = "step 0 loss 3.0\nstep 190 loss 1.1\n"
+RUN_START = 1_790_000_000.0  # a fixed unix time: the training run began here
 
 
 def _campaign() -> str:
@@ -87,6 +88,8 @@ def _idea_req(
             wall_s=12.0,
             train_s=10.0,
             eval_s=1.5,
+            started_at=RUN_START,
+            finished_at=RUN_START + 180.0,
         )
         if ok
         else RunResult(
@@ -199,7 +202,14 @@ def test_record_epoch_and_ideas_then_list(tracker: Tracker, store: LocalStore) -
         bad.run_id,
         "FAILED",
     )
-    assert r_ok["parent_run_id"] == ep.run_id and r_ok["epoch"] == 1 and r_ok["run_name"] == "idea 0"
+    assert r_ok["parent_run_id"] == ep.run_id and r_ok["epoch"] == 1 and r_ok["run_name"] == "e001/i00 idea 0"
+    # the UI opens the experiment on its runs table (not an empty GenAI traces view)
+    assert tracker.client.get_experiment(ok.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    # not nested: nested runs hide under collapsed epoch rows in the MLflow UI
+    assert "mlflow.parentRunId" not in r_ok["tags"] and r_ok["tags"]["ideaforge.epoch_run_id"] == ep.run_id
+    # the run lasts as long as the training it records (not the milliseconds of recording)
+    info = tracker.client.get_run(ok.run_id).info
+    assert (info.start_time, info.end_time) == (int(RUN_START * 1000), int((RUN_START + 180.0) * 1000))
     t = r_ok["tags"]
     assert t["ideaforge.key"] == idea_id(c, 1, 0) and t["ideaforge.status"] == "ok"
     assert t["ideaforge.origin"] == "explore" and t["ideaforge.parent_ids"] == idea_id(c, 0, 0)
@@ -233,7 +243,9 @@ def test_artifacts_are_readable_back(tracker: Tracker, store: LocalStore, tmp_pa
     req = req.model_copy(update={"transcript": store.put_text('{"messages": []}', "transcript")})
     rec = tracker.record_idea(req)
     names = sorted(a.path for a in tracker.client.list_artifacts(rec.run_id))
-    assert names == ["idea.md", "implement_transcript.txt", "patch.diff", "train.log"]
+    assert names == ["idea.md", "implement_transcript.txt", "patch.diff", "patch.diff.txt", "train.log"]
+    preview = Path(tracker.client.download_artifacts(rec.run_id, "patch.diff.txt", str(tmp_path / "pv")))
+    assert preview.read_text() == DIFF  # the MLflow UI previews .txt
     dl = Path(tracker.client.download_artifacts(rec.run_id, "patch.diff", str(tmp_path / "dl")))
     assert dl.read_text() == DIFF
     log = Path(tracker.client.download_artifacts(rec.run_id, "train.log", str(tmp_path / "dl")))
@@ -366,3 +378,31 @@ def test_server_down_then_restarted_records_without_duplicates(settings: Setting
         assert e["status"] == "FINISHED" and e["metrics"] == {"best_metric": 1.5}
     finally:
         stack.down(settings)
+
+
+@pytest.mark.integration
+def test_rewards_known_later_reach_runs_that_had_none(tracker: Tracker, store: LocalStore) -> None:
+    """Ideas of the first epoch finish before the baseline: their reward is logged when the state is saved."""
+    c = _campaign()
+    req = _idea_req(store, c, 0, 1, None)
+    early = req.model_copy(
+        update={"outcome": req.outcome.model_copy(update={"summary": req.outcome.summary.model_copy(update={"reward": None})})}
+    )
+    rec = tracker.record_idea(early)
+    assert "reward" not in tracker.client.get_run(rec.run_id).data.metrics
+    archive = [req.outcome.summary.model_copy(update={"reward": 0.75})]
+    assert tracker.sync_rewards(c, archive) == 1
+    assert tracker.client.get_run(rec.run_id).data.metrics["reward"] == 0.75
+    assert tracker.sync_rewards(c, archive) == 0  # idempotent
+
+
+@pytest.mark.integration
+def test_deleting_a_campaign_frees_its_experiment_name(tracker: Tracker, store: LocalStore) -> None:
+    c = _campaign()
+    first = tracker.record_idea(_idea_req(store, c, 0, 0, None))
+    assert tracker.delete_campaign(c) is True
+    assert campaign_runs(tracker.client, c) == []
+    again = tracker.record_idea(_idea_req(store, c, 0, 0, None))  # same name: a fresh experiment
+    assert again.experiment_id != first.experiment_id
+    assert [r["run_id"] for r in campaign_runs(tracker.client, c)] == [again.run_id]
+    assert tracker.delete_campaign("never-existed-" + c) is False

@@ -85,7 +85,7 @@ def build_workers(client: Client, settings: Settings, queues: list[str], slots: 
                     activities=[exp.run_experiment],
                     max_concurrent_activities=n,
                     graceful_shutdown_timeout=_graceful(),
-                    identity=identity,
+                    identity=f"{identity} slots={n}",  # advertised: `ideaforge start` checks it (preflight)
                 )
             )
             log.info("training queue %s with %d slot(s): %s", q, n, device_ids)

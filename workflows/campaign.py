@@ -344,6 +344,7 @@ class CampaignWorkflow:
             inspirations=rng.sample(others, min(N_INSPIRATIONS, len(others))),
             noise=spec.seed_noise,
             max_changes=cfg.search.max_changes,
+            budget_left_usd=None if cfg.budget_usd is None else max(0.0, cfg.budget_usd - st.usage.cost_usd),
         )
         self._phase = f"epoch {tally.epoch}: ideating {n}"
         res = await workflow.execute_activity(

@@ -1,4 +1,10 @@
-"""`ideaforge` command line: bring the local stack up, start/follow/steer campaigns, read results."""
+"""`ideaforge` command line: bring the local stack up, start/follow/steer campaigns, read results.
+
+Exit codes: 0 done; 1 bad input or an operation that is refused (the message says why and what to do);
+2 the stack is unreachable or a preflight check failed (nothing was started; the message says the fix);
+3 answered from saved state because no worker (or no Temporal) answered, or `status` found a service down;
+4 no campaign of that name. Usage errors of the command line itself also exit 2.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,8 @@ import asyncio
 import logging
 import os
 import sys
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -16,50 +21,109 @@ from rich.live import Live
 from rich.table import Table
 
 from ideaforge.cli import campaigns
-from ideaforge.cli.campaigns import CampaignError
+from ideaforge.cli.campaigns import CampaignError, CampaignNotFound, CampaignView
 from ideaforge.config import Settings
-from ideaforge.models import CampaignInput, CampaignStatus, IdeaSummary
+from ideaforge.models import CampaignInput, IdeaSummary
 from ideaforge.names import experiment_name
 
+OK, REFUSED, UNAVAILABLE, DEGRADED, NOT_FOUND = 0, 1, 2, 3, 4
+CONNECT_TIMEOUT_S = 3.0
+FOLLOW_EVERY_S = 2.0
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-console = Console(soft_wrap=True)
-err = Console(stderr=True)
+# piped output is read by people too (logs, CI): wide enough that tables do not wrap every cell
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
+log = logging.getLogger(__name__)
 
 
-def _exit(code: int = 0) -> None:
+class Unreachable(RuntimeError):
+    """Temporal cannot be reached."""
+
+
+def _exit(code: int = OK) -> NoReturn:
     """Flush and leave without interpreter teardown (temporalio can crash at exit, sdk-python#300)."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
 
 
+def _fail(code: int, message: str) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    _exit(code)
+
+
 def _run(coro) -> Any:
+    """Run a coroutine; every error becomes one clear line and its exit code (no traceback)."""
+    from temporalio.service import RPCError
+
     try:
         return asyncio.run(coro)
+    except CampaignNotFound as e:
+        _fail(NOT_FOUND, str(e))
     except CampaignError as e:
-        err.print(f"[red]error:[/red] {e}")
-        _exit(1)
-    except RuntimeError as e:
-        if "Failed client connect" in str(e) or "connection" in str(e).lower():
-            err.print(
-                f"[red]error:[/red] cannot reach Temporal at {Settings.from_env().temporal_address}: {e}\n"
-                "Run `ideaforge up` first (or set IDEAFORGE_TEMPORAL_ADDRESS)."
-            )
-            _exit(2)
-        raise
+        _fail(REFUSED, str(e))
+    except Unreachable as e:
+        _fail(UNAVAILABLE, str(e))
+    except RPCError as e:
+        _fail(UNAVAILABLE, f"Temporal refused the request: {e.message or e}")
+    except TimeoutError:
+        _fail(UNAVAILABLE, "Temporal did not answer in time; `ideaforge status` shows the stack")
+    except KeyboardInterrupt:
+        _exit(130)
+    except Exception as e:  # noqa: BLE001 - last resort: one line, details in the debug log
+        log.debug("unexpected error", exc_info=True)
+        _fail(REFUSED, f"{type(e).__name__}: {e} (IDEAFORGE_LOG_LEVEL=DEBUG shows details)")
 
 
 async def _client(settings: Settings):
-    from ideaforge.workers.main import connect
+    """A Temporal client (the worker module is not imported: it pulls in every LLM SDK, seconds of start-up)."""
+    from temporalio.client import Client
+    from temporalio.contrib.pydantic import pydantic_data_converter
 
-    return await connect(settings)
+    connect = Client.connect(
+        settings.temporal_address, namespace=settings.temporal_namespace, data_converter=pydantic_data_converter
+    )
+    try:
+        return await asyncio.wait_for(connect, CONNECT_TIMEOUT_S)
+    except (RuntimeError, OSError, TimeoutError) as e:
+        raise Unreachable(
+            f"cannot reach Temporal at {settings.temporal_address} ({(str(e) or type(e).__name__).splitlines()[0][:120]}); "
+            "run `ideaforge up` (or set IDEAFORGE_TEMPORAL_ADDRESS)"
+        ) from e
 
 
 def _saved(settings: Settings, name: str) -> CampaignInput | None:
-    from ideaforge.activities.campaign import load_saved_state
+    """The state the campaign last saved in the artifact store (None if none or unreadable). Read here, not
+    through the activities module, which imports every LLM SDK (seconds of start-up for a status line)."""
+    from ideaforge.names import state_key
     from ideaforge.store.artifacts import open_store
 
-    return load_saved_state(open_store(settings), name)
+    try:
+        raw = open_store(settings).get_named(state_key(name))
+        return CampaignInput.model_validate_json(raw) if raw else None
+    except Exception as e:  # noqa: BLE001 - a store outage must not hide what Temporal knows
+        log.warning("cannot read the saved state of %s: %s", name, e)
+        return None
+
+
+def _direction(settings: Settings, env: str | None) -> str:
+    from ideaforge.research_envs.registry import load_env
+
+    try:
+        return load_env(env, settings.env_paths).spec.direction if env else "min"
+    except Exception:  # noqa: BLE001 - an env removed since: assume lower is better
+        return "min"
+
+
+def _total_steps(settings: Settings, cfg) -> int | None:  # noqa: ANN001 - CampaignConfig or None
+    from ideaforge.research_envs.registry import load_env
+
+    try:
+        spec = load_env(cfg.env, settings.env_paths).spec
+        return int(spec.profiles[cfg.profile].get("IDEAFORGE_STEPS", "")) or None
+    except Exception:  # noqa: BLE001 - no step count known: no ETA
+        return None
 
 
 # ---------------------------------------------------------------------------------------------- stack
@@ -67,36 +131,48 @@ def _saved(settings: Settings, name: str) -> CampaignInput | None:
 
 @app.command()
 def up(worker: bool = typer.Option(True, help="also start the background ideaforge worker")) -> None:
-    """Start the local stack (Temporal dev server, MLflow server, worker) in the background."""
+    """Start the local stack (Temporal dev server, MLflow server, worker) under a supervisor that restarts
+    whichever dies."""
     from ideaforge.cli import stack
 
     settings = Settings.from_env()
     try:
         st = stack.up(settings, with_worker=worker)
     except stack.StackError as e:
-        err.print(f"[red]stack error:[/red] {e}")
-        _exit(2)
+        _fail(UNAVAILABLE, f"stack: {e}")
     _print_stack(st)
-    _exit(0)
+    _exit(OK)
 
 
 @app.command()
 def down() -> None:
-    """Stop the local stack started by `up` (data stays in IDEAFORGE_HOME)."""
+    """Stop the local stack started by `up`: the supervisor, the worker and the servers (data stays in
+    IDEAFORGE_HOME)."""
     from ideaforge.cli import stack
 
     stopped = stack.down(Settings.from_env())
     console.print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
-    _exit(0)
+    _exit(OK)
 
 
-def _print_stack(st) -> None:
+def _print_stack(st) -> None:  # noqa: ANN001 - stack.StackStatus (imported lazily)
     t = Table(title="ideaforge stack")
     for col in ("service", "pid", "healthy", "url"):
         t.add_column(col)
     for name, svc in st.services.items():
-        t.add_row(name, str(svc.pid or "-"), "yes" if svc.healthy else "no", svc.url or "")
+        t.add_row(name, str(svc.pid or "-"), "yes" if svc.healthy else "[red]no[/red]", svc.ui_url or svc.url or "")
     console.print(t)
+
+
+def _stack_status() -> None:
+    from ideaforge.cli import stack
+
+    st = stack.status(Settings.from_env())
+    _print_stack(st)
+    problems = st.problems()
+    for p in problems:
+        err.print(f"[red]down:[/red] {p.what}; fix: [bold]{p.fix}[/bold]", highlight=False)
+    _exit(DEGRADED if problems else OK)
 
 
 # ---------------------------------------------------------------------------------------------- campaigns
@@ -116,10 +192,17 @@ def start(
     profile: str | None = typer.Option(None, help="env profile, e.g. default or smoke"),
     seed: int | None = typer.Option(None),
     confirm_top_k: int | None = typer.Option(None, help="re-run the top K ideas on fresh seeds at the end"),
+    restart: bool = typer.Option(
+        False, "--restart", help="delete a campaign of this name (history, saved state, MLflow) and start afresh"
+    ),
     follow: bool = typer.Option(True, help="show progress until the campaign ends"),
     stack_up: bool = typer.Option(True, "--up/--no-up", help="start the local stack if it is not running"),
 ) -> None:
-    """Start a campaign (or attach to the running one of that name) and follow it."""
+    """Start a campaign and follow it. The same name attaches to it while it runs, and shows its result once it
+    has finished (--restart runs it again from scratch). Preflight checks run first: nothing starts that
+    cannot run."""
+    from ideaforge.cli import preflight
+
     settings = Settings.from_env()
     try:
         cfg = campaigns.load_config(
@@ -138,31 +221,42 @@ def start(
                 "confirm_top_k": confirm_top_k,
             },
         )
-        from ideaforge.research_envs.registry import EnvError, load_env
-
-        try:
-            spec = load_env(cfg.env, settings.env_paths).spec
-        except EnvError as e:
-            raise CampaignError(str(e)) from e
-        if cfg.profile not in spec.profiles:
-            raise CampaignError(
-                f"env {cfg.env!r} has no profile {cfg.profile!r}; it has {sorted(spec.profiles)}"
-            )
     except CampaignError as e:
-        err.print(f"[red]error:[/red] {e}")
-        _exit(1)
+        _fail(REFUSED, str(e))
+    spec, findings = preflight.check_env(cfg, settings)
+    findings += preflight.check_keys(cfg)
+    if findings:
+        _report_findings(findings)
     if stack_up:
         from ideaforge.cli import stack
 
         try:
             stack.up(settings, with_worker=True)
         except stack.StackError as e:
-            err.print(f"[red]stack error:[/red] {e}")
-            _exit(2)
+            _fail(UNAVAILABLE, f"stack: {e}")
 
     async def go() -> None:
+        from ideaforge.cli import stack
+
         client = await _client(settings)
-        _, what = await campaigns.start(client, cfg)
+        desc = await campaigns.describe(client, cfg.name)
+        if restart or desc is None or desc.status == campaigns.RUNNING:
+            local = stack.owned(settings, stack.WORKER)
+            late = preflight.check_keys(cfg, local.pid if local else None)
+            late += await preflight.check_workers(client, spec, cfg.profile)
+            late += preflight.check_sandbox(local is not None)
+            if late and (restart or desc is None):
+                _report_findings(late)  # before anything is deleted or started
+        if restart and (desc is not None or _saved(settings, cfg.name) is not None):
+            await _forget(client, settings, cfg.name)
+        _, what = await campaigns.start(client, cfg, replace=restart)
+        if what == "finished":
+            console.print(
+                f"campaign [bold]{cfg.name}[/bold] has already finished; its result is below "
+                f"(`--restart` runs it again from scratch, or choose another --name)"
+            )
+            await _show(client, settings, cfg.name, follow=False)
+            return
         console.print(f"campaign [bold]{cfg.name}[/bold] {what} (workflow {cfg.workflow_id})")
         console.print(
             f"  Temporal UI: http://127.0.0.1:{settings.temporal_ui_port}/namespaces/"
@@ -170,63 +264,118 @@ def start(
         )
         console.print(f"  MLflow UI:   {settings.mlflow_uri}  (experiment {experiment_name(cfg.name)})")
         if follow:
-            await _follow(client, cfg.name)
+            await _follow(client, settings, cfg.name)
 
     _run(go())
-    _exit(0)
+    _exit(OK)
 
 
-async def _follow(client, name: str) -> None:
-    """Live progress until the campaign closes. Killing this leaves the campaign running."""
-    last: CampaignStatus | None = None
-    t0 = time.monotonic()
-    with Live(console=console, refresh_per_second=2, transient=False) as live:
-        while True:
-            try:
-                state, st, result = await campaigns.status(client, name)
-            except Exception as e:  # noqa: BLE001 - transient errors while following: keep trying
-                logging.getLogger(__name__).debug("status failed: %s", e)
-                await asyncio.sleep(1)
-                continue
-            if st is not None:
-                last = st
-                live.update(_status_table(st, time.monotonic() - t0))
-            if state != "running":
-                break
-            await asyncio.sleep(1)
-    if state == "completed" and result is not None:
-        console.print(
-            f"campaign [bold]{name}[/bold] completed: {result.epochs_completed} epochs, "
-            f"{len(result.archive)} ideas, {time.monotonic() - t0:.0f}s"
-        )
-        direction = last.direction if last and last.direction else "min"
-        _print_leaderboard(result.archive, direction, result.baseline_metric)
+def _report_findings(findings) -> NoReturn:  # noqa: ANN001 - list[preflight.Finding]
+    for f in findings:
+        err.print(f"[red]preflight ({f.check}):[/red] {f.problem}\n  fix: {f.fix}", highlight=False)
+    err.print("nothing was started", highlight=False)
+    _exit(UNAVAILABLE)
+
+
+async def _forget(client, settings: Settings, name: str) -> None:  # noqa: ANN001 - temporalio Client
+    """Delete every trace of a campaign: Temporal executions, saved state, MLflow experiment."""
+    from ideaforge.names import state_key
+    from ideaforge.store.artifacts import open_store
+
+    n = await campaigns.delete(client, name)
+    open_store(settings).put_named(state_key(name), b"")  # an empty state reads as "nothing saved"
+    try:
+        from ideaforge.track.tracker import Tracker
+
+        gone = Tracker(settings.mlflow_uri).delete_campaign(name)
+    except Exception as e:  # noqa: BLE001 - Temporal is the source of truth; say what was left behind
+        err.print(f"[yellow]warning:[/yellow] MLflow experiment of {name} not deleted: {e}", highlight=False)
+        gone = False
+    console.print(
+        f"deleted campaign {name}: {n} Temporal executions, saved state"
+        + (", MLflow experiment" if gone else "")
+    )
+
+
+async def _follow(client, settings: Settings, name: str) -> CampaignView:  # noqa: ANN001 - Client
+    """Live progress until the campaign closes: rich in a terminal, plain flushed lines when piped.
+    Killing this leaves the campaign running."""
+    from ideaforge.cli import display
+    from ideaforge.cli.progress import IdeaTracker
+
+    tracker = IdeaTracker(client, name)
+    view, _ = await _view(client, settings, name, tracker)
+    cfg = view.config
+    direction = _direction(settings, cfg.env if cfg else None)
+    tracker.total_steps = _total_steps(settings, cfg) if cfg else None
+    warned = False
+
+    async def poll() -> tuple[CampaignView, list]:
+        nonlocal warned
+        v, ideas = await _view(client, settings, name, tracker)
+        if v.state == "running" and not v.worker_answered and not warned and not console.is_terminal:
+            # (in a terminal the live table says it: a print here would tear the live display)
+            err.print("[yellow]the worker is not answering; `ideaforge up` restarts the local one[/yellow]")
+            warned = True
+        elif v.worker_answered:
+            warned = False
+        return v, ideas
+
+    if console.is_terminal:
+        with Live(console=console, refresh_per_second=2, transient=False) as live:
+            while True:
+                view, ideas = await poll()
+                live.update(display.rich_view(view, ideas, direction))
+                if view.state != "running":
+                    break
+                await asyncio.sleep(FOLLOW_EVERY_S)
     else:
-        err.print(f"campaign {name} is {state}")
+        out = display.PlainReporter(sys.stdout, direction)
+        while True:
+            view, ideas = await poll()
+            out.update(view, ideas)
+            if view.state != "running":
+                break
+            await asyncio.sleep(FOLLOW_EVERY_S)
+    _print_closed(view, direction)
+    return view
+
+
+async def _view(client, settings: Settings, name: str, tracker) -> tuple[CampaignView, list]:  # noqa: ANN001
+    """The campaign's view and its ideas, read concurrently; the saved state is read only when no worker
+    answered (or the campaign is not running), so the usual case stays fast."""
+    from ideaforge.cli.progress import with_total
+
+    try:
+        view, ideas = await asyncio.gather(campaigns.status(client, name), tracker.poll())
+    except CampaignNotFound:
+        saved = _saved(settings, name)
+        if saved is None:
+            raise
+        return CampaignView(name=name, state="unknown", saved=saved, config=saved.config), []
+    if view.state != "completed" and not view.worker_answered:
+        view.saved = _saved(settings, name)
+        view.config = view.config or (view.saved.config if view.saved else None)
+    with_total(ideas, _total_steps(settings, view.config) if view.config else None)
+    return view, ideas
+
+
+def _print_closed(view: CampaignView, direction: str) -> None:
+    if view.state == "completed" and view.result is not None:
+        r = view.result
+        console.print(
+            f"campaign [bold]{view.name}[/bold] completed: {r.epochs_completed} epochs, "
+            f"{sum(s.origin not in ('baseline', 'confirm') for s in r.archive)} ideas"
+        )
+        _print_leaderboard(r.archive, direction, r.baseline_metric)
+    elif view.state not in ("running", "unknown"):
+        err.print(f"campaign {view.name} is {view.state}. {campaigns.next_step(view)}", highlight=False)
 
 
 def _fmt(x: float | None) -> str:
-    return "-" if x is None else f"{x:.4f}"
+    from ideaforge.cli.display import fmt_metric
 
-
-def _status_table(st: CampaignStatus, elapsed: float) -> Table:
-    t = Table(title=f"campaign {st.name} on {st.env}  ({elapsed:.0f}s)", show_header=False)
-    t.add_row("epoch", f"{min(st.epoch + 1, st.epochs)}/{st.epochs}" + (" (paused)" if st.paused else ""))
-    t.add_row("phase", st.phase)
-    t.add_row(
-        "ideas",
-        f"{st.ideas_done} done: {st.ideas_ok} ok, {st.ideas_failed} failed; {st.ideas_running} in flight",
-    )
-    t.add_row("baseline", _fmt(st.baseline_metric))
-    t.add_row("best", f"{_fmt(st.best_metric)}  ({st.best_idea or '-'})")
-    t.add_row("best per epoch", ", ".join(_fmt(b) for b in st.epoch_bests) or "-")
-    if st.usage.calls:
-        t.add_row(
-            "LLM",
-            f"{st.usage.calls} calls, {st.usage.input_tokens + st.usage.output_tokens} tokens, "
-            f"${st.usage.cost_usd:.4f}",
-        )
-    return t
+    return fmt_metric(x)
 
 
 def _print_leaderboard(
@@ -235,13 +384,14 @@ def _print_leaderboard(
     t = Table(
         title=f"leaderboard ({'lower' if direction == 'min' else 'higher'} is better; baseline {_fmt(baseline)})"
     )
-    for col in ("#", "idea", "metric", "confirmed", "origin", "parents", "title"):
+    for col in ("#", "idea", "epoch", "metric", "confirmed", "origin", "parents", "title"):
         t.add_column(col)
     for i, s in enumerate(campaigns.leaderboard(items, direction)[:top], 1):
         conf = ", ".join(f"{m:.4f}" for m in s.confirmed_metrics) or "-"
         t.add_row(
             str(i),
             s.idea_id.split("/", 1)[-1],
+            str(s.epoch + 1),
             _fmt(s.metric),
             conf,
             s.origin,
@@ -257,52 +407,81 @@ def _print_leaderboard(
         console.print("failed: " + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())))
 
 
+async def _show(client, settings: Settings, name: str, follow: bool) -> int:  # noqa: ANN001 - Client
+    """Print one campaign's state (live, result or saved); returns the exit code."""
+    from ideaforge.cli import display
+    from ideaforge.cli.progress import IdeaTracker
+
+    tracker = IdeaTracker(client, name)
+    view, ideas = await _view(client, settings, name, tracker)
+    cfg = view.config
+    direction = _direction(settings, cfg.env if cfg else None)
+    if view.state == "running" and follow:
+        view = await _follow(client, settings, name)
+        return OK
+    if view.state == "running":
+        if console.is_terminal:
+            console.print(display.rich_view(view, ideas, direction))
+        else:
+            console.print(display.header_line(view, ideas, direction), highlight=False)
+            for p in ideas:
+                console.print("  " + display.idea_line(p), highlight=False)
+        if not view.worker_answered:
+            err.print(
+                "[yellow]no worker answered within 2 s: shown from Temporal's records and the saved state; "
+                "`ideaforge up` restarts the local worker[/yellow]",
+                highlight=False,
+            )
+            return DEGRADED
+        return OK
+    _print_closed(view, direction)
+    if view.state == "unknown" and view.saved is not None:
+        st = view.saved.state
+        console.print(f"campaign {name}: Temporal has no record of it; its saved state holds {st.next_epoch} epochs")
+        _print_leaderboard(st.archive, direction, st.baseline_metric)
+    return OK
+
+
+def _show_saved_only(settings: Settings, name: str, why: str) -> NoReturn:
+    """Temporal is down: show what the artifact store holds, exit 3 (or 2 when nothing is saved)."""
+    saved = _saved(settings, name)
+    if saved is None:
+        _fail(UNAVAILABLE, why)
+    direction = _direction(settings, saved.config.env)
+    st = saved.state
+    err.print(f"[yellow]{why}[/yellow]", highlight=False)
+    console.print(
+        f"campaign {name} (saved state): {st.next_epoch}/{saved.config.epochs} epochs saved, "
+        f"{sum(s.origin != 'baseline' for s in st.archive)} ideas, baseline {_fmt(st.baseline_metric)}"
+    )
+    _print_leaderboard(st.archive, direction, st.baseline_metric)
+    _exit(DEGRADED)
+
+
 @app.command()
 def status(
     name: str | None = typer.Argument(None, help="campaign name; without it, the local stack's status"),
     follow: bool = typer.Option(False, help="re-attach and follow until it ends"),
 ) -> None:
-    """Show a campaign's progress (re-attach with --follow), or without a name the local stack's health."""
-    settings = Settings.from_env()
+    """A campaign's progress per idea (--follow to watch it), or without a name the local stack's health.
+    With the worker down it answers within ~2 s from Temporal's records and the saved state (exit 3)."""
     if name is None:
-        from ideaforge.cli import stack
+        _stack_status()
+    settings = Settings.from_env()
 
-        _print_stack(stack.status(settings))
-        _exit(0)
+    async def go() -> int:
+        try:
+            client = await _client(settings)
+        except Unreachable as e:
+            _show_saved_only(settings, name, str(e))
+        return await _show(client, settings, name, follow)
 
-    async def go() -> None:
-        client = await _client(settings)
-        state, st, result = await campaigns.status(client, name)
-        if st is not None:
-            console.print(_status_table(st, 0))
-            if follow:
-                await _follow(client, name)
-        elif result is not None:
-            console.print(
-                f"campaign {name}: completed, {result.epochs_completed} epochs, {len(result.archive)} ideas"
-            )
-            best = result.best
-            console.print(
-                f"best: {_fmt(best.metric) if best else '-'} ({best.idea_id if best else '-'}), "
-                f"baseline {_fmt(result.baseline_metric)}"
-            )
-        else:
-            console.print(
-                f"campaign {name}: {state}"
-                + (
-                    " — `ideaforge resume` continues it from its last completed epoch"
-                    if state != "completed"
-                    else ""
-                )
-            )
-
-    _run(go())
-    _exit(0)
+    _exit(_run(go()))
 
 
 @app.command("list")
 def list_() -> None:
-    """List campaigns with their status, env, epoch and best metric."""
+    """List campaigns: status, env, current (or last) epoch counted from 1, best metric, first start time."""
     settings = Settings.from_env()
 
     async def go() -> None:
@@ -315,14 +494,16 @@ def list_() -> None:
                 r["name"],
                 r["status"],
                 r["env"] or "-",
-                str(r["epoch"] if r["epoch"] is not None else "-"),
+                str(r["epoch"] + 1 if r["epoch"] is not None else "-"),
                 _fmt(r["best_metric"]),
-                r["started"].strftime("%Y-%m-%d %H:%M") if r["started"] else "-",
+                r["started"].astimezone().strftime("%Y-%m-%d %H:%M") if r["started"] else "-",
             )
         console.print(t)
+        if not rows:
+            console.print("no campaigns yet: `ideaforge start --env tiny_gpt` starts one")
 
     _run(go())
-    _exit(0)
+    _exit(OK)
 
 
 @app.command()
@@ -331,7 +512,7 @@ def pause(name: str) -> None:
     settings = Settings.from_env()
     _run(_signal(settings, name, "pause"))
     console.print(f"campaign {name}: pause requested")
-    _exit(0)
+    _exit(OK)
 
 
 async def _signal(settings: Settings, name: str, what: str, arg: str | None = None) -> None:
@@ -340,7 +521,8 @@ async def _signal(settings: Settings, name: str, what: str, arg: str | None = No
 
 @app.command()
 def resume(name: str, follow: bool = typer.Option(False, help="follow progress afterwards")) -> None:
-    """Resume a paused campaign, or restart a failed/terminated one from its last completed epoch."""
+    """Resume a paused campaign, or restart a failed/terminated/cancelled one from its last saved epoch
+    (from the beginning when it stopped before saving anything)."""
     settings = Settings.from_env()
 
     async def go() -> None:
@@ -348,10 +530,10 @@ def resume(name: str, follow: bool = typer.Option(False, help="follow progress a
         _, what = await campaigns.resume(client, name, _saved(settings, name))
         console.print(f"campaign {name}: {what}")
         if follow:
-            await _follow(client, name)
+            await _follow(client, settings, name)
 
     _run(go())
-    _exit(0)
+    _exit(OK)
 
 
 @app.command()
@@ -364,7 +546,30 @@ def cancel(name: str) -> None:
 
     _run(go())
     console.print(f"campaign {name}: cancel requested")
-    _exit(0)
+    _exit(OK)
+
+
+@app.command()
+def delete(
+    name: str, yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation")
+) -> None:
+    """Delete a campaign for good: its Temporal history (campaign and ideas, stopping what runs), its saved
+    state and its MLflow experiment. The name can then be used again."""
+    settings = Settings.from_env()
+
+    async def go() -> None:
+        client = await _client(settings)
+        if await campaigns.describe(client, name) is None and _saved(settings, name) is None:
+            raise CampaignNotFound(f"no campaign named {name!r}; `ideaforge list` shows the campaigns")
+        if not yes:
+            if not sys.stdin.isatty():
+                raise CampaignError(f"deleting {name!r} needs confirmation: add --yes")
+            if not typer.confirm(f"delete campaign {name!r} (history, saved state, MLflow runs)?"):
+                raise CampaignError("not deleted")
+        await _forget(client, settings, name)
+
+    _run(go())
+    _exit(OK)
 
 
 @app.command()
@@ -373,41 +578,53 @@ def inject(name: str, idea: str) -> None:
     settings = Settings.from_env()
     _run(_signal(settings, name, "inject", idea))
     console.print(f"campaign {name}: idea queued for the next epoch")
-    _exit(0)
+    _exit(OK)
 
 
 @app.command()
 def leaderboard(name: str, top: int = typer.Option(10)) -> None:
-    """Best ideas of a campaign with their lineage."""
+    """Best ideas of a campaign with their lineage (from the saved state within ~2 s when no worker answers)."""
     settings = Settings.from_env()
 
-    async def go() -> None:
-        client = await _client(settings)
+    async def go() -> int:
         saved = _saved(settings, name)
-        items = await campaigns.archive(client, name, saved)
-        from ideaforge.research_envs.registry import load_env
-
-        env_name = saved.config.env if saved else None
-        direction = load_env(env_name, settings.env_paths).spec.direction if env_name else "min"
+        try:
+            client = await _client(settings)
+        except Unreachable as e:
+            _show_saved_only(settings, name, str(e))
+        items, live = await campaigns.archive(client, name, saved)
+        view_env = saved.config.env if saved else None
+        if view_env is None:
+            v = await campaigns.status(client, name, saved)
+            view_env = v.config.env if v.config else None
         base = next((s.metric for s in items if s.origin == "baseline"), None)
-        _print_leaderboard(items, direction, base, top)
+        _print_leaderboard(items, _direction(settings, view_env), base, top)
+        if not live:
+            err.print(
+                "[yellow]no worker answered within 2 s: this is the last saved state[/yellow]", highlight=False
+            )
+            return DEGRADED
+        return OK
 
-    _run(go())
-    _exit(0)
+    _exit(_run(go()))
 
 
 def _saved_or_exit(settings: Settings, name: str) -> CampaignInput:
     saved = _saved(settings, name)
     if saved is None:
-        err.print(f"[red]error:[/red] campaign {name!r} has no saved state yet (it saves after each epoch)")
-        _exit(1)
-    return saved  # type: ignore[return-value]
+        _fail(NOT_FOUND, f"campaign {name!r} has no saved state yet (it saves after each epoch)")
+    return saved
+
+
+def _out_dir(settings: Settings, kind: str, out: Path | None, name: str) -> Path:
+    """Where generated files go: ``--out`` if given, else ``IDEAFORGE_HOME/<kind>/<campaign>``."""
+    return (out if out is not None else settings.home / kind) / name
 
 
 @app.command()
 def report(
     name: str,
-    out: Path = typer.Option(Path("reports"), help="output folder (a subfolder per campaign)"),
+    out: Path | None = typer.Option(None, help="output folder (default: IDEAFORGE_HOME/reports); a subfolder per campaign"),
     mlflow: bool = typer.Option(True, help="also log the report to the campaign's MLflow experiment"),
 ) -> None:
     """Plots (best-so-far, execution rate, metric distribution per epoch) and a leaderboard with lineage."""
@@ -418,19 +635,26 @@ def report(
 
     settings = Settings.from_env()
     saved = _saved_or_exit(settings, name)
-    spec = load_env(saved.config.env, settings.env_paths).spec
-    rep = write_report(saved.state, spec, out / name, campaign=name)
+    try:
+        spec = load_env(saved.config.env, settings.env_paths).spec
+        rep = write_report(saved.state, spec, _out_dir(settings, "reports", out, name), campaign=name)
+    except (OSError, ValueError) as e:
+        _fail(REFUSED, f"cannot write the report: {e}")
     for f in rep.files:
         console.print(f"wrote {f}")
     if mlflow:
-        run_id = log_report_to_mlflow(Tracker(settings.mlflow_uri, open_store(settings)), name, rep)
+        try:
+            run_id = log_report_to_mlflow(Tracker(settings.mlflow_uri, open_store(settings)), name, rep)
+        except Exception as e:  # noqa: BLE001 - the files are written; say MLflow failed
+            _fail(UNAVAILABLE, f"report written, but not logged to MLflow at {settings.mlflow_uri}: {e}")
         console.print(f"logged to MLflow run {run_id}")
-    _exit(0)
+    _exit(OK)
 
 
 @app.command()
 def export(
-    name: str, out: Path = typer.Option(Path("exports"), help="output folder (a subfolder per campaign)")
+    name: str,
+    out: Path | None = typer.Option(None, help="output folder (default: IDEAFORGE_HOME/exports); a subfolder per campaign"),
 ) -> None:
     """Executed ideas with rewards as a `datasets` dataset (plus JSONL) for RL training of the ideator."""
     from ideaforge.report.export import export_dataset
@@ -439,10 +663,26 @@ def export(
 
     settings = Settings.from_env()
     saved = _saved_or_exit(settings, name)
-    spec = load_env(saved.config.env, settings.env_paths).spec
-    path = export_dataset(saved.state, spec, open_store(settings), out / name, campaign=name)
+    try:
+        spec = load_env(saved.config.env, settings.env_paths).spec
+        path = export_dataset(
+            saved.state, spec, open_store(settings), _out_dir(settings, "exports", out, name), campaign=name
+        )
+    except (OSError, ValueError) as e:
+        _fail(REFUSED, f"cannot export: {e}")
     console.print(f"wrote {path} ({len(saved.state.archive)} ideas)")
-    _exit(0)
+    _exit(OK)
+
+
+def first_sentence(text: str, limit: int = 90) -> str:
+    """The first sentence of ``text`` (whitespace folded), cut at a word boundary with an ellipsis."""
+    flat = " ".join(text.split())
+    end = flat.find(". ")
+    sentence = flat if end < 0 else flat[: end + 1]
+    if len(sentence) <= limit:
+        return sentence
+    cut = sentence[: limit - 1].rsplit(" ", 1)[0]
+    return cut.rstrip(",;:") + "…"
 
 
 @app.command()
@@ -452,18 +692,22 @@ def envs() -> None:
 
     settings = Settings.from_env()
     t = Table(title="research envs")
-    for col in ("name", "metric", "device", "description"):
+    for col in ("name", "metric", "device", "profiles", "description"):
         t.add_column(col)
     for n in available_envs(settings.env_paths):
         try:
             s = load_env(n, settings.env_paths).spec
             t.add_row(
-                n, f"{s.metric} ({s.direction})", s.resources.task_queue, s.description.splitlines()[0][:70]
+                n,
+                f"{s.metric} ({s.direction})",
+                s.resources.task_queue,
+                ", ".join(sorted(s.profiles)),
+                first_sentence(s.description),
             )
         except ValueError as e:
-            t.add_row(n, "-", "-", f"[red]invalid: {str(e).splitlines()[0]}[/red]")
+            t.add_row(n, "-", "-", "-", f"[red]invalid: {str(e).splitlines()[0]}[/red]")
     console.print(t)
-    _exit(0)
+    _exit(OK)
 
 
 @app.command()
@@ -481,7 +725,7 @@ def worker(
         *(["--gpu-type", gpu_type] if gpu_type else []),
     ]
     worker_main(args)
-    _exit(0)
+    _exit(OK)
 
 
 def main() -> None:

@@ -194,3 +194,67 @@ def tail(path: Path, lines: int = 25) -> str:
     except OSError:
         return ""
     return "\n".join(data.splitlines()[-lines:])
+
+
+# --------------------------------------------------------------------------- stale work folders
+
+
+def paths_in_use(root: Path) -> set[Path]:
+    """The entries directly under ``root`` that a live process uses (its cwd, or a file it holds open).
+    Linux only (``/proc``); elsewhere every entry counts as in use, so nothing is ever removed."""
+    root = root.resolve()
+    entries = {p.resolve() for p in root.iterdir()} if root.is_dir() else set()
+    if not sys.platform.startswith("linux"):
+        return entries
+    used: set[Path] = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        links = [proc / "cwd", proc / "root"]
+        try:
+            links += list((proc / "fd").iterdir())
+        except OSError:
+            pass
+        for link in links:
+            try:
+                target = Path(os.readlink(link))
+            except OSError:
+                continue
+            if target.is_relative_to(root) and target != root:
+                used.add(root / target.relative_to(root).parts[0])
+    return used
+
+
+def newest_mtime(path: Path) -> float:
+    """The latest modification time of ``path`` or anything under it."""
+    latest = path.lstat().st_mtime
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            try:
+                latest = max(latest, os.lstat(os.path.join(dirpath, name)).st_mtime)
+            except OSError:
+                continue
+    return latest
+
+
+def remove_stale_dirs(root: Path, quiet_for_s: float = 120.0) -> list[Path]:
+    """Remove the folders under ``root`` (attempt work dirs) that no live process uses and nothing has
+    written for ``quiet_for_s`` seconds: what killed attempts left behind. Returns the removed folders."""
+    import shutil
+
+    if not root.is_dir():
+        return []
+    used = paths_in_use(root)
+    removed: list[Path] = []
+    now = time.time()
+    for entry in sorted(root.iterdir()):
+        if not entry.is_dir() or entry.is_symlink() or entry.resolve() in used:
+            continue
+        try:
+            if now - newest_mtime(entry) < quiet_for_s:
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed

@@ -2,6 +2,7 @@
 
 They outlive the CLI that starts them. Pid records live in ``<home>/run/<name>.pid`` (JSON), logs in
 ``<home>/logs/<name>.log``. Only processes whose live argv matches their pid record are ever signalled.
+A small supervisor process (``ideaforge.cli.supervisor``) owns them and restarts whichever dies, with backoff.
 Servers whose address is not loopback (``IDEAFORGE_TEMPORAL_ADDRESS``/``IDEAFORGE_MLFLOW_URI`` pointing
 elsewhere) are treated as external: they are health-checked, never started or stopped.
 """
@@ -29,11 +30,11 @@ from ideaforge.names import SEARCH_ATTRIBUTES, search_attribute_flag
 
 log = logging.getLogger(__name__)
 
-TEMPORAL, MLFLOW, WORKER = "temporal", "mlflow", "worker"
-SERVICES = (TEMPORAL, MLFLOW, WORKER)  # start order; stop order is reversed
+TEMPORAL, MLFLOW, WORKER, SUPERVISOR = "temporal", "mlflow", "worker", "supervisor"
+SERVICES = (TEMPORAL, MLFLOW, WORKER)  # supervised, in start order; stop order is reversed
 TEMPORAL_RETENTION = "720h"  # closed workflows kept 30 days (dev-server default is 24 h)
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-STOP_TIMEOUT_S = {TEMPORAL: 10.0, MLFLOW: 10.0, WORKER: 30.0}
+STOP_TIMEOUT_S = {TEMPORAL: 10.0, MLFLOW: 10.0, WORKER: 30.0, SUPERVISOR: 60.0}
 WORKER_GRACE_S = 2.0  # a worker still alive this long after start counts as started
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,6 +54,14 @@ class ServiceStatus(BaseModel):
     log: Path | None = None
 
 
+class Problem(BaseModel):
+    """A service that is down, and the command that fixes it."""
+
+    service: str
+    what: str
+    fix: str
+
+
 class StackStatus(BaseModel):
     services: dict[str, ServiceStatus]
     temporal_ui_url: str
@@ -62,6 +71,25 @@ class StackStatus(BaseModel):
     def healthy(self) -> bool:
         """Temporal and MLflow answer (the worker is optional)."""
         return all(self.services[n].healthy for n in (TEMPORAL, MLFLOW))
+
+    def problems(self, log_of: dict[str, Path] | None = None) -> list[Problem]:
+        """Every service that is down, with the command that brings it back."""
+        out: list[Problem] = []
+        for name, svc in self.services.items():
+            if svc.healthy:
+                continue
+            if not svc.managed:
+                out.append(
+                    Problem(service=name, what=f"{name} at {svc.url} does not answer",
+                            fix=f"start that server, or point IDEAFORGE_{name.upper()}_* at a live one")
+                )  # fmt: skip
+                continue
+            where = f" (log: {svc.log})" if svc.log else ""
+            what = f"{name} is down{where}"
+            if name != SUPERVISOR and svc.running:
+                what = f"{name} runs (pid {svc.pid}) but does not answer{where}"
+            out.append(Problem(service=name, what=what, fix="ideaforge up"))
+        return out
 
 
 # --------------------------------------------------------------------------- paths and commands
@@ -162,6 +190,10 @@ def worker_command() -> list[str]:
     return [sys.executable, "-m", "ideaforge.workers.main"]
 
 
+def supervisor_command(services: Iterable[str]) -> list[str]:
+    return [sys.executable, "-m", "ideaforge.cli.supervisor", "--services", ",".join(services)]
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     """The ``IDEAFORGE_*`` variables that reproduce ``settings`` in a child process."""
     env = {
@@ -231,9 +263,13 @@ def mlflow_healthy(settings: Settings) -> bool:
     return http_ok(settings.mlflow_uri.rstrip("/") + "/health")
 
 
-def _owned(settings: Settings, name: str) -> procs.PidRecord | None:
+def owned(settings: Settings, name: str) -> procs.PidRecord | None:
+    """The pid record of ``name`` when that process is alive and ours, else None."""
     rec = procs.read_pid(pid_path(settings, name))
     return rec if rec is not None and procs.is_ours(rec) else None
+
+
+_owned = owned
 
 
 def _service_status(settings: Settings, name: str) -> ServiceStatus:
@@ -246,7 +282,7 @@ def _service_status(settings: Settings, name: str) -> ServiceStatus:
         managed = mlflow_managed(settings)
         healthy = mlflow_healthy(settings)
         url = ui = settings.mlflow_uri.rstrip("/")
-    else:
+    else:  # worker, supervisor: alive is healthy
         managed, healthy, url, ui = True, rec is not None, "", None
     return ServiceStatus(
         name=name,
@@ -263,7 +299,7 @@ def _service_status(settings: Settings, name: str) -> ServiceStatus:
 def status(settings: Settings) -> StackStatus:
     """Per service: pid (ours), running, healthy, url, log path."""
     return StackStatus(
-        services={n: _service_status(settings, n) for n in SERVICES},
+        services={n: _service_status(settings, n) for n in (SUPERVISOR, *SERVICES)},
         temporal_ui_url=f"http://127.0.0.1:{settings.temporal_ui_port}",
         mlflow_ui_url=settings.mlflow_uri.rstrip("/"),
     )
@@ -332,7 +368,7 @@ def _check_ports(settings: Settings, name: str) -> None:
 
 
 def _start(settings: Settings, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> None:
-    ports = [] if name == WORKER else _ports(settings, name)
+    ports = _ports(settings, name) if name in (TEMPORAL, MLFLOW) else []
     if ports:
         _check_ports(settings, name)
     pid = procs.spawn_daemon(
@@ -349,7 +385,8 @@ def _start(settings: Settings, name: str, argv: list[str], extra_env: dict[str, 
     procs.write_pid(pid_path(settings, name), rec)
 
 
-def _set_retention(settings: Settings) -> None:
+def set_retention(settings: Settings) -> None:
+    """Keep closed workflows ``TEMPORAL_RETENTION`` (the dev server's default is 24 h)."""
     out = subprocess.run(
         [temporal_binary(), "operator", "namespace", "update", "--retention", TEMPORAL_RETENTION,
          "--namespace", settings.temporal_namespace, "--address", settings.temporal_address],
@@ -403,7 +440,7 @@ def start_temporal(settings: Settings, timeout_s: float = 60.0) -> bool:
     started = _launch_temporal(settings)
     wait_healthy(settings, (TEMPORAL,), timeout_s=timeout_s)
     if started:
-        _set_retention(settings)
+        set_retention(settings)
     return started
 
 
@@ -430,37 +467,81 @@ def start_worker(settings: Settings) -> bool:
     return True
 
 
+def launch(settings: Settings, name: str) -> None:
+    """Start one service now (no wait): what the supervisor calls for a first start and for each restart.
+    Raises :class:`StackError` when one of its ports is held by a foreign process."""
+    _prepare(settings)
+    if name == TEMPORAL:
+        _start(settings, TEMPORAL, temporal_command(settings))
+    elif name == MLFLOW:
+        if not settings.artifact_root.startswith("s3://"):
+            Path(mlflow_artifacts_destination(settings)).mkdir(parents=True, exist_ok=True)
+        _start(settings, MLFLOW, mlflow_command(settings), mlflow_env(settings))
+    elif name == WORKER:
+        _start(settings, WORKER, worker_command())
+    else:
+        raise StackError(f"unknown service {name!r}")
+
+
+def _start_supervisor(settings: Settings, services: list[str]) -> None:
+    _start(settings, SUPERVISOR, supervisor_command(services))
+
+
+def _wait_worker(settings: Settings, timeout_s: float) -> None:
+    """The worker is started and still alive ``WORKER_GRACE_S`` later, else StackError with its log tail."""
+    deadline = time.monotonic() + timeout_s
+    while owned(settings, WORKER) is None:
+        if time.monotonic() > deadline:
+            raise StackError(
+                f"the worker did not start in {timeout_s:.0f} s; last lines of {log_path(settings, WORKER)}:\n"
+                + procs.tail(log_path(settings, WORKER))
+            )
+        time.sleep(0.2)
+    rec = owned(settings, WORKER)
+    time.sleep(WORKER_GRACE_S)
+    if rec is not None and not procs.is_ours(rec):
+        raise StackError(_died(settings, WORKER, rec.pid))
+
+
 def up(settings: Settings, *, with_worker: bool = True, timeout_s: float = 60.0) -> StackStatus:
-    """Start what is not already running (idempotent) and wait until it is healthy; the worker starts last.
+    """Start the supervisor (unless ours already runs), which starts and keeps alive the servers and the
+    worker; wait until they are healthy. Idempotent.
 
     Raises :class:`StackError` when a port is held by a foreign process, a binary is missing, or a server
-    dies or stays unhealthy during start (the message carries the tail of its log)."""
+    dies or stays unhealthy during start (the message carries the tail of its log); a supervisor started by
+    this call is then stopped again, so nothing is left crash-looping."""
     _prepare(settings)
-    if temporal_managed(settings) and _owned(settings, TEMPORAL) is None:
+    if temporal_managed(settings) and owned(settings, TEMPORAL) is None:
+        temporal_binary()
         _check_ports(settings, TEMPORAL)  # check every port before launching, so a conflict starts nothing
-    if mlflow_managed(settings) and _owned(settings, MLFLOW) is None:
+    if mlflow_managed(settings) and owned(settings, MLFLOW) is None:
         _check_ports(settings, MLFLOW)
-    started = [
-        n
-        for n, launched in ((TEMPORAL, _launch_temporal(settings)), (MLFLOW, _launch_mlflow(settings)))
-        if launched
-    ]
-    wait_healthy(settings, (TEMPORAL, MLFLOW), timeout_s=timeout_s)
-    if TEMPORAL in started:
-        _set_retention(settings)
-    if with_worker and start_worker(settings):
-        started.append(WORKER)
+    started = False
+    if owned(settings, SUPERVISOR) is None:
+        services = [TEMPORAL, MLFLOW] + ([WORKER] if with_worker else [])
+        _start_supervisor(settings, services)
+        started = True
+    try:
+        wait_healthy(settings, (TEMPORAL, MLFLOW), timeout_s=timeout_s)
+        if with_worker:
+            _wait_worker(settings, timeout_s)
+    except StackError:
+        if started:
+            down(settings)
+        raise
     if started:
-        log.info("started: %s", ", ".join(started))
+        log.info("supervisor started")
     return status(settings)
 
 
 def down(settings: Settings) -> list[str]:
-    """Stop our daemons (worker first): SIGTERM to the process group, SIGKILL if it lingers.
+    """Stop the supervisor (it stops the worker, then the servers) and any of our daemons left over:
+    SIGTERM to the process group, SIGKILL if it lingers.
 
     Returns the names stopped; stale pid files are removed silently; foreign processes are never signalled."""
+    running_before = [n for n in SERVICES if owned(settings, n) is not None]
     stopped: list[str] = []
-    for name in reversed(SERVICES):
+    for name in (SUPERVISOR, *reversed(SERVICES)):
         path = pid_path(settings, name)
         rec = procs.read_pid(path)
         if rec is None:
@@ -469,4 +550,5 @@ def down(settings: Settings) -> list[str]:
         if procs.stop_process(rec, STOP_TIMEOUT_S[name]):
             stopped.append(name)
         path.unlink(missing_ok=True)
-    return stopped
+    # children the supervisor stopped count as stopped too
+    return [n for n in (SUPERVISOR, *reversed(SERVICES)) if n in stopped or n in running_before]

@@ -1,27 +1,52 @@
-"""Ideas from an LLM: exploit the best executed ideas, explore new directions, JSON output validated and retried."""
+"""Ideas from an LLM at campaign scale: many concurrent calls of a few ideas each, exploit and explore prompted
+separately, each call with its own randomly drawn context, ideas validated one by one.
+
+One epoch of ``req.n`` ideas is split into calls of ``provider.ideas_per_call`` ideas (the paper: 10), run
+concurrently (bounded by ``provider.concurrency``). The large stable part of the prompt (instructions, env,
+code, guidance) is the system prompt, cached across calls; the context and task vary per call. A reply cut at
+the token limit keeps its complete ideas and is followed by a call with twice the answer budget, or, at the
+ceiling, for fewer ideas. A call that returns too few valid, new ideas asks again for the missing ones, with
+the problems fed back, at most ``provider.max_retries`` times.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import math
+import random
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ideaforge.llm.client import LLMClient
-from ideaforge.llm.dedup import drop_duplicates
+from ideaforge.llm.budget import Budget
+from ideaforge.llm.client import Completion, LLMClient
+from ideaforge.llm.dedup import Deduper
+from ideaforge.llm.errors import BudgetExhausted, LLMError
 from ideaforge.llm.prompts import render, render_files
-from ideaforge.models import Idea, IdeaSummary, IdeateRequest, IdeateResult, ProviderConfig, Usage
+from ideaforge.models import Idea, IdeaSummary, IdeateRequest, IdeateResult, ProviderConfig
 from ideaforge.names import idea_id
 from ideaforge.research_envs.registry import ResearchEnv
 from ideaforge.store.artifacts import ObjectStore
 
 log = logging.getLogger(__name__)
 
+Mode = Literal["exploit", "explore"]
+
 MAX_FILE_CHARS = 40_000
-MAX_ARCHIVE_TITLES = 200
-MAX_PARENT_DIFF_CHARS = 3_000  # each parent's diff in the prompt (the context stays bounded)
+MAX_ANSWER_TOKENS = 32_000  # ceiling of the answer budget when a truncated reply is retried with more
+# context drawn per call (the paper: up to 100 ideas above the baseline, resampled on every call)
+MAX_PARENTS_SHOWN = 8
+MAX_WINNERS_SHOWN = 40
+MAX_TRIED_SHOWN = 60
+MAX_FAILURES_SHOWN = 20
+MAX_TITLES_SHOWN = 150
+MAX_DIFF_CHARS = 3_000
+MAX_IDEA_CHARS = 600
 
 
 class IdeaDraft(BaseModel):
@@ -39,11 +64,8 @@ class IdeaBatch(BaseModel):
 
 
 def parse_ideas(text: str) -> IdeaBatch:
-    """Validate a reply as ``{"ideas": [...]}`` (a JSON object, possibly fenced or wrapped in prose)."""
-    t = text.strip()
-    fenced = re.search(r"```(?:json)?\s*\n(.*?)```", t, re.S)
-    if fenced:
-        t = fenced.group(1).strip()
+    """Validate a reply as ``{"ideas": [...]}`` (a JSON object, possibly fenced or wrapped in prose), strictly."""
+    t = _strip_fences(text)
     starts = [k for k in (t.find("{"), t.find("[")) if k >= 0]
     if not starts:
         raise ValueError("no JSON object in the reply")
@@ -51,6 +73,49 @@ def parse_ideas(text: str) -> IdeaBatch:
     if isinstance(data, list):
         data = {"ideas": data}
     return IdeaBatch.model_validate(data)
+
+
+def parse_ideas_lenient(text: str) -> tuple[list[IdeaDraft], list[str]]:
+    """The valid ideas of a reply, each validated on its own, and a problem per invalid one.
+
+    Accepts a reply cut mid-way (at the token limit): every idea object complete before the cut is kept.
+    """
+    t = _strip_fences(text)
+    m = re.search(r'"ideas"\s*:\s*\[', t)
+    if m:
+        pos = m.end()
+    else:
+        k = t.find("[")
+        if k < 0:
+            return [], ["reply is not valid JSON of the required shape: no JSON object with an ideas list"]
+        pos = k + 1
+    decoder = json.JSONDecoder()
+    drafts: list[IdeaDraft] = []
+    problems: list[str] = []
+    k = 0
+    while True:
+        while pos < len(t) and t[pos] in " \t\r\n,":
+            pos += 1
+        if pos >= len(t) or t[pos] == "]":
+            break
+        try:
+            item, pos = decoder.raw_decode(t, pos)
+        except json.JSONDecodeError:
+            if not drafts and not problems:
+                problems.append("reply is not valid JSON of the required shape: no complete idea object")
+            break  # the rest is cut or garbled: keep what was complete
+        k += 1
+        try:
+            drafts.append(IdeaDraft.model_validate(item))
+        except ValidationError as e:
+            problems.append(f"idea {k} is invalid and was dropped: {_short(e)}")
+    return drafts, problems
+
+
+def _strip_fences(text: str) -> str:
+    t = text.strip()
+    fenced = re.search(r"```(?:json)?\s*\n(.*?)(?:```|$)", t, re.S)
+    return fenced.group(1).strip() if fenced else t
 
 
 def read_editable(env: ResearchEnv, base: Path | None = None) -> dict[str, str]:
@@ -67,17 +132,144 @@ def direction_text(env: ResearchEnv) -> str:
     return "lower is better" if env.spec.direction == "min" else "higher is better"
 
 
+def system_prompt(env: ResearchEnv) -> str:
+    """The ideator's stable prompt prefix (instructions, env, guidance, code): the same for every call."""
+    guidance = env.spec.ideator_guidance.strip()
+    return render(
+        "ideate_system",
+        env_name=env.spec.name,
+        description=env.spec.description.strip(),
+        metric=env.spec.metric,
+        direction_text=direction_text(env),
+        editable=", ".join(env.spec.editable_files),
+        protected=", ".join(env.spec.protected_files) or "none",
+        guidance=f"\n## Guidance for this environment\n{guidance}\n" if guidance else "",
+        files=render_files(read_editable(env)),
+    )
+
+
+# --------------------------------------------------------------------------- the per-call context
+
+
+def render_context(
+    req: IdeateRequest, env: ResearchEnv, mode: Mode, rng: random.Random, store: ObjectStore | None
+) -> str:
+    """What one call sees of the campaign so far, drawn at random with ``rng`` (seeded per call).
+
+    exploit: parents (with their diffs and results) and a sample of other ideas that beat the baseline;
+    explore: a sample of all tried ideas with results, and failures with their categories. Both: the baseline,
+    the env's seed noise, titles of other tried ideas, and human ideas queued this epoch.
+    """
+    spec = env.spec
+    base = req.baseline_metric
+    noise = f" Seed-to-seed noise of the metric: about ±{spec.seed_noise:g}." if spec.seed_noise else ""
+    parts = [
+        f"## Where the campaign stands\nBaseline {spec.metric}: {_fmt(base)} ({direction_text(env)}).{noise}"
+    ]
+    shown: set[str] = set()
+    ok = [s for s in req.archive if s.status == "ok" and s.metric is not None]
+    winners = [s for s in ok if base is None or spec.better(s.metric, base)]  # type: ignore[arg-type]
+    if mode == "exploit":
+        parents = _sample(rng, list(req.parents), MAX_PARENTS_SHOWN)
+        if parents:
+            parts.append("## Parents: the best executed ideas so far")
+            for p in parents:
+                parts.append(_idea_block(p, req, env, store, with_diff=True))
+                shown.add(p.idea_id)
+        others = _sample(rng, [s for s in winners if s.idea_id not in shown], MAX_WINNERS_SHOWN)
+        if others:
+            parts.append("## Other ideas that beat the baseline (a random sample)")
+            parts.extend(_idea_block(s, req, env, store, with_diff=False) for s in others)
+            shown.update(s.idea_id for s in others)
+    else:
+        tried = _sample(rng, ok, MAX_TRIED_SHOWN)
+        if tried:
+            parts.append("## Ideas tried so far and their results (a random sample)")
+            parts.extend(_idea_block(s, req, env, store, with_diff=False) for s in tried)
+            shown.update(s.idea_id for s in tried)
+        failed = _sample(rng, [s for s in req.archive if s.status != "ok"], MAX_FAILURES_SHOWN)
+        if failed:
+            parts.append("## Ideas that failed (category in brackets)")
+            parts.extend(f"- [{s.category or 'unknown'}] {s.title}: {_clip(s.text, 200)}" for s in failed)
+            shown.update(s.idea_id for s in failed)
+    rest = [s for s in req.archive if s.idea_id not in shown][-MAX_TITLES_SHOWN:]
+    if rest:
+        parts.append("## Also tried already (do not repeat)")
+        parts.extend(f"- {s.title} ({_outcome(s, base)})" for s in rest)
+    if req.human_ideas:
+        parts.append("## Already queued by a human this epoch (do not repeat)")
+        parts.extend(f"- {_clip(h, 200)}" for h in req.human_ideas)
+    if len(parts) == 1:
+        parts.append("No ideas have been tried yet.")
+    return "\n".join(parts)
+
+
+def _idea_block(
+    s: IdeaSummary, req: IdeateRequest, env: ResearchEnv, store: ObjectStore | None, with_diff: bool
+) -> str:
+    out = f"- [id: {s.idea_id}] {s.title} ({_outcome(s, req.baseline_metric)})\n  {_clip(s.text, MAX_IDEA_CHARS)}"
+    if with_diff and s.diff is not None and store is not None:
+        try:
+            diff = store.get_text(s.diff)
+        except Exception as e:  # a missing diff must not cost the epoch its ideas
+            log.warning("diff of %s unreadable: %s", s.idea_id, e)
+        else:
+            out += f"\n  Its code change:\n```diff\n{_clip(diff, MAX_DIFF_CHARS)}\n```"
+    stats = req.parent_stats.get(s.idea_id) if with_diff else None
+    if stats and stats.children:  # how the policy's children of this parent did (steady-state campaigns)
+        kids = ", ".join("failed" if d is None else f"{d:+.4g}" for d in stats.child_deltas) or "none finished"
+        out += f"\n  Children so far: {stats.children} (improvement over the baseline of the last: {kids})"
+    return out
+
+
+def _sample(rng: random.Random, items: list, k: int) -> list:
+    return rng.sample(items, k) if len(items) > k else rng.sample(items, len(items))
+
+
+# --------------------------------------------------------------------------- the ideator
+
+
+@dataclass
+class CallPlan:
+    """One completion of the epoch: ``n`` ideas of one mode, with its own context seed."""
+
+    index: int
+    mode: Mode
+    n: int
+
+
+@dataclass
+class CallOutcome:
+    kept: list[tuple[IdeaDraft, Mode]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    exchanges: list[dict] = field(default_factory=list)
+    rejected: int = 0
+    failure: LLMError | None = None
+
+
+def plan_calls(n: int, n_exploit: int, per_call: int) -> list[CallPlan]:
+    """Exploit calls first, then explore; each mode's ideas split into near-equal calls of <= ``per_call``."""
+    plans: list[CallPlan] = []
+    for mode, count in (("exploit", n_exploit), ("explore", n - n_exploit)):
+        if count <= 0:
+            continue
+        calls = math.ceil(count / per_call)
+        for k in range(calls):
+            size = count // calls + (1 if k < count % calls else 0)
+            plans.append(CallPlan(len(plans), mode, size))  # type: ignore[arg-type]
+    return plans
+
+
 class LLMIdeator:
-    """``propose`` asks for ``req.n`` ideas in one JSON reply; invalid or duplicate ones are asked for again
-    (at most ``provider.max_retries`` follow-ups, with the problems fed back); then what is valid is returned
-    with ``errors``. Provider failures (auth, outage after retries) raise :class:`activities.llm.LLMError`."""
+    """``propose`` returns up to ``req.n`` valid, new ideas with ``errors`` saying what went wrong. Provider
+    failures raise :class:`LLMError` only when no idea at all came back."""
 
     def __init__(
-        self, provider: ProviderConfig, store: ObjectStore | None = None, dedup_threshold: float = 0.8
-    ):
+        self, provider: ProviderConfig, store: ObjectStore | None = None, deduper: Deduper | None = None
+    ) -> None:
         self.provider = provider
         self.store = store
-        self.dedup_threshold = dedup_threshold
+        self.deduper = deduper or Deduper()
         self.client = LLMClient(provider)
 
     def __repr__(self) -> str:
@@ -89,66 +281,20 @@ class LLMIdeator:
             return IdeateResult(ideas=[])
         exploit_ok = req.strategy == "evolution" and bool(req.parents)
         n_exploit = min(n, round(req.exploit_share * n)) if exploit_ok else 0
-        known_ids = (
-            ({s.idea_id for s in req.archive} | {s.idea_id for s in req.parents}) if n_exploit else set()
+        system = system_prompt(env)
+        budget = Budget(None if req.budget_left_usd is None else max(0.0, req.budget_left_usd))
+        # shared by all calls (first come, first kept); embedding the archive runs off the event loop
+        seen = await asyncio.to_thread(self.deduper.index, req.archive)
+        known = {s.idea_id for s in req.archive} | {s.idea_id for s in req.parents}
+        plans = plan_calls(n, n_exploit, self.provider.ideas_per_call)
+        outcomes = await asyncio.gather(
+            *(self._run_call(p, req, env, system, budget, seen, known) for p in plans)
         )
-        system = render("ideate_system")
-        user = render(
-            "ideate_user",
-            env_name=env.spec.name,
-            description=env.spec.description.strip(),
-            metric=env.spec.metric,
-            direction_text=direction_text(env),
-            baseline_metric=_fmt(req.baseline_metric),
-            editable=", ".join(env.spec.editable_files),
-            protected=", ".join(env.spec.protected_files) or "none",
-            files=render_files(read_editable(env)),
-            history=self._history(req, n_exploit > 0),
-            n=n,
-            n_exploit=n_exploit,
-            n_explore=n - n_exploit,
-        )
-        messages: list[dict] = [{"role": "user", "content": user}]
-        usage, errors, exchanges = Usage(), [], []
-        kept: list[tuple[IdeaDraft, str]] = []  # (draft, origin)
-        rejected = 0
-        for attempt in range(self.provider.max_retries + 1):
-            comp = await self.client.complete(system, messages, json_mode=True)
-            usage += comp.usage
-            exchanges.append(
-                {"messages": list(messages), "response": comp.text, "usage": comp.usage.model_dump()}
-            )
-            problems: list[str] = []
-            try:
-                batch = parse_ideas(comp.text)
-            except (json.JSONDecodeError, ValidationError, ValueError) as e:
-                problems.append(f"reply is not valid JSON of the required shape: {_short(e)}")
-                batch = IdeaBatch(ideas=[])
-            fresh = self._accept(batch.ideas, known_ids, problems if n_exploit else [])
-            new_kept, dup = self._dedup(fresh, kept, req.archive, req)
-            rejected += dup
-            if dup:
-                problems.append(
-                    f"{dup} idea(s) repeated an idea already tried or proposed; propose different ones"
-                )
-            kept.extend(new_kept[: max(0, n - len(kept))])
-            errors.extend(f"attempt {attempt + 1}: {p}" for p in problems)
-            missing = n - len(kept)
-            if missing <= 0:
-                break
-            if attempt < self.provider.max_retries:
-                need_exploit = max(0, n_exploit - sum(o == "exploit" for _, o in kept))
-                feedback = (problems and "Problems: " + "; ".join(problems) + "\n") or ""
-                messages = [
-                    *messages,
-                    {"role": "assistant", "content": comp.text or "(empty)"},
-                    {
-                        "role": "user",
-                        "content": f"{feedback}Return exactly {missing} ideas: {min(need_exploit, missing)} that "
-                        f"improve the parents and {missing - min(need_exploit, missing)} new directions, as the "
-                        'JSON object {"ideas": [...]}.',
-                    },
-                ]
+        kept = [k for o in outcomes for k in o.kept][:n]
+        errors = [e for o in outcomes for e in o.errors]
+        failures = [o.failure for o in outcomes if o.failure is not None]
+        if failures and not kept and not isinstance(failures[0], BudgetExhausted):
+            raise failures[0]
         if len(kept) < n:
             errors.append(f"got {len(kept)} valid new ideas of {n} requested")
         start = len(req.human_ideas)
@@ -165,76 +311,108 @@ class LLMIdeator:
             )
             for i, (d, origin) in enumerate(kept)
         ]
-        transcript = self._store_transcript(req, system, exchanges)
+        transcript = self._store_transcript(req, system, [x for o in outcomes for x in o.exchanges])
         return IdeateResult(
-            ideas=ideas, usage=usage, rejected_duplicates=rejected, errors=errors, transcript=transcript
+            ideas=ideas,
+            usage=budget.usage,
+            rejected_duplicates=sum(o.rejected for o in outcomes),
+            errors=errors,
+            transcript=transcript,
         )
 
-    # -- helpers ------------------------------------------------------------------------------------------
-
-    def _history(self, req: IdeateRequest, show_parents: bool) -> str:
-        parts = []
-        if show_parents:
-            parts.append("## Parents: executed ideas chosen to build on")
-            for p in req.parents:
-                parts.append(self._parent(p, req))
-            if req.inspirations:
-                parts.append("## Other good ideas (inspiration; combine or contrast)")
-                for s in req.inspirations:
-                    parts.append(f"- {s.title} ({_outcome(s, req.baseline_metric, req.noise)})")
-        if req.archive:
-            parts.append("## Already tried (do not repeat)")
-            for s in req.archive[-MAX_ARCHIVE_TITLES:]:
-                parts.append(f"- {s.title} ({_outcome(s, req.baseline_metric)})")
-        if req.human_ideas:
-            parts.append("## Already queued by a human (do not repeat)")
-            parts.extend(f"- {h.strip()[:200]}" for h in req.human_ideas)
-        return "\n".join(parts) or "No ideas have been tried yet."
-
-    def _parent(self, p: IdeaSummary, req: IdeateRequest) -> str:
-        """A parent as the model sees it: outcome (delta vs baseline +- noise), its children, its diff."""
-        lines = [f"- [id: {p.idea_id}] {p.title} ({_outcome(p, req.baseline_metric, req.noise)})", f"  {p.text.strip()}"]
-        stats = req.parent_stats.get(p.idea_id)
-        if stats and stats.children:
-            kids = ", ".join("failed" if d is None else f"{d:+.4g}" for d in stats.child_deltas) or "none finished"
-            lines.append(f"  Children so far: {stats.children} (improvement over the baseline of the last: {kids})")
-        diff = self._diff(p)
-        if diff:
-            lines.append(f"  Its code change:\n```diff\n{diff}\n```")
-        return "\n".join(lines)
-
-    def _diff(self, p: IdeaSummary) -> str | None:
-        """The parent's diff from the store (verified by sha256), cut to MAX_PARENT_DIFF_CHARS."""
-        if p.diff is None or self.store is None:
-            return None
-        try:
-            text = self.store.get_text(p.diff)
-        except Exception as e:  # noqa: BLE001 - a missing diff must not stop ideation
-            log.warning("diff of parent %s not readable: %s", p.idea_id, e)
-            return None
-        return text if len(text) <= MAX_PARENT_DIFF_CHARS else text[:MAX_PARENT_DIFF_CHARS] + "\n... (truncated)"
-
-    @staticmethod
-    def _accept(drafts: list[IdeaDraft], known: set[str], problems: list[str]) -> list[tuple[IdeaDraft, str]]:
-        out = []
-        for d in drafts:
-            bad = [p for p in d.parent_ids if p not in known]
-            if bad:
-                problems.append(f"unknown parent_ids {bad} dropped (use ids written as [id: ...])")
-                d.parent_ids = [p for p in d.parent_ids if p in known]
-            out.append((d, "exploit" if d.parent_ids else "explore"))
+    async def _run_call(
+        self,
+        plan: CallPlan,
+        req: IdeateRequest,
+        env: ResearchEnv,
+        system: str,
+        budget: Budget,
+        seen,
+        known: set[str],
+    ) -> CallOutcome:
+        """One planned call and its follow-ups until it has ``plan.n`` valid, new ideas or runs out of tries."""
+        out = CallOutcome()
+        rng = random.Random(f"{req.campaign}:{req.epoch}:{req.seed}:{plan.mode}:{plan.index}")
+        context = render_context(req, env, plan.mode, rng, self.store)
+        answer_tokens = self.provider.max_tokens
+        ask = plan.n
+        feedback: list[str] = []
+        label = f"{plan.mode} call {plan.index + 1}"
+        for attempt in range(self.provider.max_retries + 1):
+            missing = plan.n - len(out.kept)
+            user = render(f"ideate_{plan.mode}", context=context, n=min(ask, missing))
+            if attempt:
+                user += _follow_up(feedback, [d.title for d, _ in out.kept])
+            messages = [{"role": "user", "content": user}]
+            try:
+                comp = await self.client.complete(
+                    system, messages, json_mode=True, max_tokens=answer_tokens, budget=budget
+                )
+            except LLMError as e:
+                out.failure = e
+                out.errors.append(f"{label}, attempt {attempt + 1}: {e}")
+                break
+            out.exchanges.append(
+                {
+                    "call": plan.index,
+                    "mode": plan.mode,
+                    "messages": messages,
+                    "response": comp.text,
+                    "finish_reason": comp.finish_reason,
+                    "usage": comp.usage.model_dump(),
+                }
+            )
+            drafts, problems = parse_ideas_lenient(comp.text)
+            problems += self._limit_problem(comp, answer_tokens, bool(drafts))
+            if comp.truncated or not comp.text.strip():
+                if answer_tokens < MAX_ANSWER_TOKENS:
+                    answer_tokens = min(MAX_ANSWER_TOKENS, answer_tokens * 2)
+                else:
+                    ask = max(1, min(ask, missing) // 2)
+            dup = 0
+            for draft, origin in self._check_parents(drafts, plan.mode, known, problems):
+                if len(out.kept) >= plan.n:
+                    break  # extra ideas are not taken (nor remembered as seen)
+                (keep,), _ = self.deduper.admit([(draft.title, draft.description, draft.parent_ids)], seen)
+                if keep:
+                    out.kept.append((draft, origin))
+                else:
+                    dup += 1
+            out.rejected += dup
+            if dup:
+                problems.append(
+                    f"{dup} idea(s) repeated an idea already tried or proposed; propose different ones"
+                )
+            out.errors.extend(f"{label}, attempt {attempt + 1}: {p}" for p in problems)
+            feedback = problems
+            if len(out.kept) >= plan.n:
+                break
         return out
 
-    def _dedup(self, fresh, kept, archive: list[IdeaSummary], req: IdeateRequest):
-        def as_idea(d: IdeaDraft, k: int) -> Idea:
-            return Idea(idea_id=f"draft-{k}", epoch=req.epoch, index=k, title=d.title, text=d.description)
+    @staticmethod
+    def _limit_problem(comp: Completion, answer_tokens: int, salvaged: bool) -> list[str]:
+        if comp.truncated:
+            kept = "its complete ideas were kept" if salvaged else "nothing usable came back"
+            return [f"reply cut at the token limit ({answer_tokens} answer tokens; {kept})"]
+        if not comp.text.strip():
+            return [f"empty reply (finish_reason {comp.finish_reason!r})"]
+        return []
 
-        previous = [as_idea(d, k) for k, (d, _) in enumerate(kept)]
-        candidates = [as_idea(d, len(previous) + k) for k, (d, _) in enumerate(fresh)]
-        pseudo_archive = [*archive, *(_summary(i) for i in previous)]
-        survivors, dup = drop_duplicates(candidates, pseudo_archive, self.dedup_threshold)
-        ids = {i.idea_id for i in survivors}
-        return [f for f, c in zip(fresh, candidates, strict=True) if c.idea_id in ids], dup
+    @staticmethod
+    def _check_parents(
+        drafts: list[IdeaDraft], mode: Mode, known: set[str], problems: list[str]
+    ) -> list[tuple[IdeaDraft, Mode]]:
+        out: list[tuple[IdeaDraft, Mode]] = []
+        for d in drafts:
+            if mode == "explore":
+                d.parent_ids = []  # a new direction has no parents, whatever the reply says
+            else:
+                bad = [p for p in d.parent_ids if p not in known]
+                if bad:
+                    problems.append(f"unknown parent_ids {bad} dropped (use ids written as [id: ...])")
+                    d.parent_ids = [p for p in d.parent_ids if p in known]
+            out.append((d, "exploit" if d.parent_ids else "explore"))
+        return out
 
     def _store_transcript(self, req: IdeateRequest, system: str, exchanges: list[dict]):
         if self.store is None:
@@ -254,24 +432,26 @@ class LLMIdeator:
         return self.store.put_text(self.client.scrub(json.dumps(doc, indent=1)), kind="transcript")
 
 
-def _summary(idea: Idea) -> IdeaSummary:
-    return IdeaSummary(
-        idea_id=idea.idea_id,
-        epoch=idea.epoch,
-        title=idea.title,
-        text=idea.text,
-        origin="explore",
-        status="ok",
-    )
+def _follow_up(problems: list[str], titles: list[str]) -> str:
+    out = "\n\n## About your previous reply\n"
+    if problems:
+        out += "Problems: " + "; ".join(problems) + "\n"
+    if titles:
+        out += "Already accepted from you (do not repeat): " + "; ".join(titles) + "\n"
+    return out
 
 
-def _outcome(s: IdeaSummary, baseline: float | None, noise: float | None = None) -> str:
+def _outcome(s: IdeaSummary, baseline: float | None) -> str:
     if s.status != "ok" or s.metric is None:
         return f"failed: {s.category or 'unknown'}"
     if baseline is None:
         return f"metric {_fmt(s.metric)}"
-    pm = f" ± {noise:.2g} seed noise" if noise else ""
-    return f"metric {_fmt(s.metric)}, {s.metric - baseline:+.4g} vs baseline {_fmt(baseline)}{pm}"
+    return f"metric {_fmt(s.metric)}, baseline {_fmt(baseline)}, delta {s.metric - baseline:+.4g}"
+
+
+def _clip(text: str, n: int) -> str:
+    text = text.strip()
+    return text if len(text) <= n else text[:n] + " ..."
 
 
 def _fmt(x: float | None) -> str:

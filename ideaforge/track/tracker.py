@@ -1,4 +1,4 @@
-"""MLflow recording: an experiment per campaign, a parent run per epoch, a nested run per idea.
+"""MLflow recording: an experiment per campaign, a run per epoch, and a run per idea (flat, not nested).
 
 Everything goes through ``MlflowClient`` with explicit run ids (the module-level API is thread-local).
 Runs are found again by the tag ``ideaforge.key`` so Temporal activity retries never create duplicates:
@@ -24,7 +24,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,8 @@ from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from ideaforge.models import ArtifactRef, RecordEpochRequest, RecordIdeaRequest, RecordResult
+from ideaforge.models import ArtifactRef, IdeaSummary, RecordEpochRequest, RecordIdeaRequest, RecordResult
+from ideaforge.names import experiment_name
 from ideaforge.store.artifacts import ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
@@ -41,11 +42,15 @@ log = logging.getLogger(__name__)
 KEY_TAG = "ideaforge.key"
 KIND_TAG = "ideaforge.kind"
 PARENT_TAG = "mlflow.parentRunId"
+EPOCH_RUN_TAG = "ideaforge.epoch_run_id"
+# the MLflow UI opens a "custom model development" experiment on its runs table, not on an empty traces view
+EXPERIMENT_TAGS = {KIND_TAG: "campaign", "mlflow.experimentKind": "custom_model_development"}
 TERMINAL = frozenset({"FINISHED", "FAILED", "KILLED"})
 PARAM_MAX = 6000  # MLflow's limit on a param value
 TAG_MAX = 8000  # MLflow's limit on a tag value
 KEY_MAX = 250  # MLflow's limit on a param/metric/tag key
 RUN_NAME_MAX = 120
+PREVIEW_DIFF = "patch.diff.txt"  # the same diff under a name the MLflow UI shows inline
 _BATCH_METRICS = 1000
 _BATCH_PARAMS = 100
 # MLflow error codes that mean "the request itself is wrong": retrying cannot help
@@ -115,7 +120,6 @@ class Tracker:
         self.store = store
         self.client = MlflowClient(tracking_uri=self.uri)
         self.ping_timeout_s = ping_timeout_s
-        self._experiments: dict[str, str] = {}
 
     # ------------------------------------------------------------------ plumbing
 
@@ -151,14 +155,15 @@ class Tracker:
             )
 
     def experiment_id(self, name: str) -> str:
-        """Id of experiment ``name``, created (or restored) if needed; safe when several workers race."""
-        if name in self._experiments:
-            return self._experiments[name]
+        """Id of experiment ``name``, created (or restored) if needed; safe when several workers race.
+
+        Looked up each time (one ~10 ms call): a campaign deleted and started again under the same name gets
+        a new experiment, and a cached id would point at the deleted one."""
         with self._errors(f"getting experiment {name!r}"):
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
                 try:
-                    eid = self.client.create_experiment(name, tags={KIND_TAG: "campaign"})
+                    eid = self.client.create_experiment(name, tags=EXPERIMENT_TAGS)
                 except MlflowException as e:
                     if e.error_code != "RESOURCE_ALREADY_EXISTS":
                         raise
@@ -170,7 +175,6 @@ class Tracker:
                 if exp.lifecycle_stage == "deleted":
                     log.warning("restoring deleted MLflow experiment %s", name)
                     self.client.restore_experiment(eid)
-        self._experiments[name] = eid
         return eid
 
     def runs_by_key(self, experiment_id: str, key: str) -> list[Run]:
@@ -187,15 +191,23 @@ class Tracker:
         return sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
 
     def ensure_run(
-        self, experiment_id: str, key: str, run_name: str, tags: Mapping[str, str]
+        self,
+        experiment_id: str,
+        key: str,
+        run_name: str,
+        tags: Mapping[str, str],
+        start_time_ms: int | None = None,
     ) -> tuple[Run, bool]:
-        """The run with ``key``, created with ``tags`` when missing. Returns (run, created_by_this_call)."""
+        """The run with ``key``, created with ``tags`` (and ``start_time_ms``: when the work it records began)
+        when missing. Returns (run, created_by_this_call)."""
         found = self.runs_by_key(experiment_id, key)
         if found:
             return found[0], False
         all_tags = {k: _clip(str(v), TAG_MAX) for k, v in tags.items()} | {KEY_TAG: key}
         with self._errors(f"creating run {key!r}"):
-            run = self.client.create_run(experiment_id, run_name=_clip(run_name, RUN_NAME_MAX), tags=all_tags)
+            run = self.client.create_run(
+                experiment_id, start_time=start_time_ms, run_name=_clip(run_name, RUN_NAME_MAX), tags=all_tags
+            )
         winner = self.runs_by_key(experiment_id, key)
         if winner and winner[0].info.run_id != run.info.run_id:
             log.info(
@@ -259,11 +271,11 @@ class Tracker:
         with self._errors(f"uploading {Path(path).name} to run {run_id}"):
             self.client.log_artifact(run_id, str(path), artifact_path)
 
-    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+    def finish(self, run_id: str, status: str = "FINISHED", end_time_ms: int | None = None) -> None:
         if status not in TERMINAL:
             raise ValueError(f"terminal status must be one of {sorted(TERMINAL)}, got {status!r}")
         with self._errors(f"terminating run {run_id}"):
-            self.client.set_terminated(run_id, status)
+            self.client.set_terminated(run_id, status, end_time=end_time_ms)
 
     # ------------------------------------------------------------------ epochs
 
@@ -294,12 +306,11 @@ class Tracker:
     # ------------------------------------------------------------------ ideas
 
     def record_idea(self, req: RecordIdeaRequest) -> RecordResult:
-        """One run per idea (nested under the epoch run): params, metrics, curve, artifacts, final status."""
+        """One run per idea (linked to its epoch run by a tag): params, metrics, curve, artifacts, status."""
         self.ping()
         eid = self.experiment_id(req.experiment)
-        run, created = self.ensure_run(
-            eid, req.idea.idea_id, req.idea.title or req.idea.idea_id, _idea_tags(req)
-        )
+        start_ms, end_ms = _idea_times(req)
+        run, created = self.ensure_run(eid, req.idea.idea_id, idea_run_name(req), _idea_tags(req), start_ms)
         run_id = run.info.run_id
         if run.info.status in TERMINAL:
             log.info("idea %s already recorded as run %s (%s)", req.idea.idea_id, run_id, run.info.status)
@@ -319,7 +330,7 @@ class Tracker:
             with self._errors(f"deleting duplicate run {run_id}"):
                 self.client.delete_run(run_id)
             return RecordResult(run_id=oldest[0].info.run_id, experiment_id=eid)
-        self.finish(run_id, "FINISHED" if req.outcome.summary.status == "ok" else "FAILED")
+        self.finish(run_id, "FINISHED" if req.outcome.summary.status == "ok" else "FAILED", end_ms)
         return RecordResult(run_id=run_id, experiment_id=eid)
 
     def _idea_artifacts(self, run_id: str, req: RecordIdeaRequest) -> list[str]:
@@ -338,6 +349,8 @@ class Tracker:
             text = self._fetch(ref, name, missing)
             if text is not None:
                 self.log_text(run_id, text, name)
+                if name == "patch.diff":  # the MLflow UI previews .txt, not .diff
+                    self.log_text(run_id, text, PREVIEW_DIFF)
         if out.error:
             self.log_text(run_id, out.error, "error.txt")
         return missing
@@ -354,6 +367,54 @@ class Tracker:
                 return None
             raise  # a store outage: let the activity retry
 
+    def sync_rewards(self, campaign: str, archive: Iterable[IdeaSummary]) -> int:
+        """Log the reward of each idea run that has none yet: ideas that finished before the baseline did get
+        theirs only once the campaign knew the baseline. Returns how many rewards were logged."""
+        rewards = {s.idea_id: s.reward for s in archive if s.reward is not None}
+        with self._errors(f"reading experiment of {campaign!r}"):
+            exp = self.client.get_experiment_by_name(experiment_name(campaign))
+        if exp is None or not rewards:
+            return 0
+        logged = 0
+        for run in self._runs(exp.experiment_id, f"tags.`{KIND_TAG}` = 'idea'"):
+            reward = rewards.get(run.data.tags.get("ideaforge.idea_id", ""))
+            if reward is None or "reward" in run.data.metrics:
+                continue
+            point = Metric("reward", reward, int(run.info.start_time or 0), 0)
+            with self._errors(f"logging the reward of run {run.info.run_id}"):
+                self.client.log_batch(run.info.run_id, metrics=[point])
+            logged += 1
+        return logged
+
+    def _runs(self, experiment_id: str, filter_string: str) -> Iterator[Run]:
+        """Every active run of the experiment matching ``filter_string``, page by page."""
+        token: str | None = None
+        while True:
+            with self._errors(f"searching runs of experiment {experiment_id}"):
+                page = self.client.search_runs(
+                    [experiment_id],
+                    filter_string=filter_string,
+                    run_view_type=ViewType.ACTIVE_ONLY,
+                    max_results=1000,
+                    page_token=token,
+                )
+            yield from page
+            token = page.token
+            if not token:
+                return
+
+    def delete_campaign(self, campaign: str) -> bool:
+        """Delete the campaign's experiment, renamed first so that its name is free for a new campaign
+        (MLflow keeps a deleted experiment's name). Returns False when there was none."""
+        name = experiment_name(campaign)
+        with self._errors(f"deleting experiment {name!r}"):
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                return False
+            self.client.rename_experiment(exp.experiment_id, f"{name} (deleted {exp.experiment_id})")
+            if exp.lifecycle_stage != "deleted":
+                self.client.delete_experiment(exp.experiment_id)
+        return True
 
 # ---------------------------------------------------------------------- idea run content
 
@@ -373,8 +434,8 @@ def _idea_tags(req: RecordIdeaRequest) -> dict[str, str]:
         "temporal.workflow_id": req.workflow_id,
         "temporal.run_id": req.run_id,
     }
-    if req.epoch_run_id:
-        tags[PARENT_TAG] = req.epoch_run_id
+    if req.epoch_run_id:  # a link, not nesting: nested runs hide under collapsed epoch rows in the UI
+        tags[EPOCH_RUN_TAG] = req.epoch_run_id
     if s.code is not None:
         tags["ideaforge.code_sha256"] = s.code.sha256
     if idea.code_from:
@@ -385,6 +446,22 @@ def _idea_tags(req: RecordIdeaRequest) -> dict[str, str]:
             if v:
                 tags[f"ideaforge.{k}"] = v
     return tags
+
+
+def idea_run_name(req: RecordIdeaRequest) -> str:
+    """``e000/i03 Rotary position embeddings``: sortable, and says which idea at a glance."""
+    short = req.idea.idea_id.split("/", 1)[-1]
+    return f"{short} {req.idea.title}".strip() if req.idea.title else short
+
+
+def _idea_times(req: RecordIdeaRequest) -> tuple[int | None, int | None]:
+    """(start, end) in ms of what the run records: the training run when there was one, so the UI's
+    duration is the training time, not the few ms of recording."""
+    run = req.outcome.run
+    if run is None or not run.started_at:
+        return None, None
+    end = run.finished_at or run.started_at
+    return int(run.started_at * 1000), int(end * 1000)
 
 
 def _idea_params(req: RecordIdeaRequest) -> dict[str, str]:

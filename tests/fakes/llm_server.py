@@ -33,6 +33,22 @@ When the script queue is empty the server answers in **smart mode** (``smart=Tru
   ``implement_fn(path, content, prompt) -> str`` replaces that behaviour (return the whole reply text).
 
 The server never logs request headers; tests read them from ``requests`` to check the key was sent.
+
+Token limits, thinking, reasoning, caching (as the real APIs):
+
+- a reply longer than the token limit is cut (4 characters a token) with ``stop_reason "max_tokens"``
+  (Anthropic) / ``finish_reason "length"`` (OpenAI); thinking and reasoning tokens count inside the limit, so a
+  reasoning model whose reasoning takes the whole ``max_completion_tokens`` returns empty content;
+- Anthropic ``thinking`` ({"type": "enabled", "budget_tokens": N} or {"type": "adaptive"}) spends
+  ``thinking_tokens`` (default 1500, at most the budget) and returns a thinking block; OpenAI reasoning models
+  (o1/o3/o4/gpt-5) spend ``reasoning_tokens_by_effort[reasoning_effort]``; ``FakeReply.thinking_tokens`` overrides;
+- malformed parameters get HTTP 400 ``invalid_request_error`` (``param_problem``): budget_tokens < 1024 or >=
+  max_tokens, temperature != 1 with thinking, ``max_tokens`` or temperature != 1 on an OpenAI reasoning model,
+  ``reasoning_effort`` on a non-reasoning gpt model, unknown effort values;
+- prompt caching: an Anthropic prefix up to the last ``cache_control`` block (>= 1024 tokens) is written on first
+  sight and read afterwards (``cache_creation_input_tokens`` / ``cache_read_input_tokens``, excluded from
+  ``input_tokens``); an OpenAI system prompt of >= 1024 tokens seen before is reported in
+  ``prompt_tokens_details.cached_tokens`` (128-token steps, included in ``prompt_tokens``).
 """
 
 from __future__ import annotations
@@ -60,6 +76,8 @@ class FakeReply:
     input_tokens: int | None = None
     output_tokens: int | None = None
     cut_off: bool = False  # answer as if the output-token limit was hit (max_tokens / length)
+    # API realism (see "Token limits, thinking, reasoning, caching" in the module docstring)
+    thinking_tokens: int | None = None  # Anthropic thinking / OpenAI reasoning tokens this reply spends
 
 
 @dataclass
@@ -111,6 +129,7 @@ class FakeLLMServer:
         self._counter = 0
         self.inflight = 0
         self.max_inflight = 0  # most requests handled at the same time (to check concurrency limits)
+        self.prompt_cache: set[str] = set()  # prefixes seen (cache hits on the next request sharing one)
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -212,6 +231,12 @@ class FakeLLMServer:
         req = RecordedRequest(
             path=path, headers={k.lower(): v for k, v in h.headers.items()}, body=body, api=api
         )
+        problem = param_problem(api, body)  # malformed thinking/reasoning/token parameters: HTTP 400
+        if problem:
+            with self._lock:
+                self.requests.append(req)
+            self._send(h, 400, self._error_body(api, FakeReply(status=400, raw_body=problem)))
+            return
         with self._lock:
             self.requests.append(req)
             reply = self._queue.popleft() if self._queue else None
@@ -233,43 +258,14 @@ class FakeLLMServer:
         if reply.raw_body is not None:
             self._send_raw(h, 200, reply.raw_body.encode(), reply.headers)
             return
-        text = reply.text or ""
-        tin = (
-            reply.input_tokens if reply.input_tokens is not None else (len(req.system) + len(req.prompt)) // 4
-        )
-        tout = reply.output_tokens if reply.output_tokens is not None else max(1, len(text) // 4)
-        model = body.get("model", "fake-model")
-        if api == "anthropic":
-            out = {
-                "id": f"msg_fake{len(self.requests)}",
-                "type": "message",
-                "role": "assistant",
-                "model": model,
-                "content": [{"type": "text", "text": text}],
-                "stop_reason": "max_tokens" if reply.cut_off else "end_turn",
-                "stop_sequence": None,
-                "usage": {"input_tokens": tin, "output_tokens": tout},
-            }
-        else:
-            out = {
-                "id": f"chatcmpl-fake{len(self.requests)}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text},
-                        "finish_reason": "length" if reply.cut_off else "stop",
-                    }
-                ],
-                "usage": {"prompt_tokens": tin, "completion_tokens": tout, "total_tokens": tin + tout},
-            }
+        out = self._reply_body(api, req, reply)
         self._send(h, 200, out, reply.headers)
 
     @staticmethod
     def _error_body(api: str, reply: FakeReply) -> dict:
-        kind = {429: "rate_limit_error", 401: "authentication_error"}.get(reply.status, "api_error")
+        kind = {429: "rate_limit_error", 401: "authentication_error", 400: "invalid_request_error"}.get(
+            reply.status, "api_error"
+        )
         msg = reply.raw_body or "fake error"
         if api == "anthropic":
             return {"type": "error", "error": {"type": kind, "message": msg}}
@@ -293,6 +289,129 @@ class FakeLLMServer:
             h.send_header(k, v)
         h.end_headers()
         h.wfile.write(data)
+
+    # -- API realism: token limits, thinking, reasoning, prompt caching --------------------------------------
+
+    thinking_tokens = 1500  # Anthropic thinking spent per reply (at most budget_tokens / max_tokens - 1)
+    reasoning_tokens_by_effort = {"none": 0, "minimal": 0, "low": 300, "medium": 1200, "high": 4000}
+    anthropic_min_cache_tokens = 1024  # shorter cache_control prefixes are not cached (as the real API)
+    openai_min_cache_tokens = 1024
+
+    def _reply_body(self, api: str, req: RecordedRequest, reply: FakeReply) -> dict:
+        """The API's JSON for a 200 reply: text cut at the token limit, thinking/reasoning and cache counts."""
+        body = req.body
+        model = body.get("model", "fake-model")
+        text = reply.text or ""
+        if api == "anthropic":
+            limit = int(body.get("max_tokens") or 4096)
+            think = body.get("thinking") or {}
+            spent = 0
+            if think.get("type") in ("enabled", "adaptive"):
+                cap = think.get("budget_tokens", limit - 1)
+                default = self.thinking_tokens if reply.thinking_tokens is None else reply.thinking_tokens
+                spent = min(default, cap, limit - 1)
+            text, cut = _cut(text, limit - spent)
+            tout = spent + (
+                reply.output_tokens if reply.output_tokens is not None and not cut else _tokens(text)
+            )
+            cached, written, tin = self._anthropic_cache(req, reply)
+            content = [{"type": "text", "text": text}]
+            if spent:
+                content.insert(
+                    0, {"type": "thinking", "thinking": "Let me think. " * 3, "signature": "fakesig"}
+                )
+            return {
+                "id": f"msg_fake{len(self.requests)}",
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": content,
+                "stop_reason": "max_tokens" if cut or reply.cut_off else "end_turn",
+                "stop_sequence": None,
+                "usage": {
+                    "input_tokens": tin,
+                    "output_tokens": tout,
+                    "cache_read_input_tokens": cached,
+                    "cache_creation_input_tokens": written,
+                    "output_tokens_details": {"thinking_tokens": spent},
+                },
+            }
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        spent = 0
+        if _openai_reasoning(body):
+            effort = body.get("reasoning_effort") or "medium"
+            default = self.reasoning_tokens_by_effort.get(effort, 6000)
+            spent = default if reply.thinking_tokens is None else reply.thinking_tokens
+            if limit is not None:
+                spent = min(spent, int(limit))
+        room = None if limit is None else int(limit) - spent
+        text, cut = _cut(text, room)
+        tout = spent + (reply.output_tokens if reply.output_tokens is not None and not cut else _tokens(text))
+        tin = reply.input_tokens if reply.input_tokens is not None else _tokens(req.system + req.prompt)
+        cached = self._openai_cache(req, model)
+        return {
+            "id": f"chatcmpl-fake{len(self.requests)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "length" if cut or reply.cut_off else "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": tin,
+                "completion_tokens": tout,
+                "total_tokens": tin + tout,
+                "prompt_tokens_details": {"cached_tokens": min(cached, tin)},
+                "completion_tokens_details": {"reasoning_tokens": spent},
+            },
+        }
+
+    def _anthropic_cache(self, req: RecordedRequest, reply: FakeReply) -> tuple[int, int, int]:
+        """(cache read, cache write, uncached input) tokens: the prefix up to the last cache_control block is
+        read from the cache when an earlier request of the same model wrote it, else written."""
+        blocks: list[tuple[str, bool]] = []
+        system = req.body.get("system", "")
+        if isinstance(system, str):
+            blocks.append((system, False))
+        else:
+            blocks += [(b.get("text", ""), "cache_control" in b) for b in system]
+        for m in req.body.get("messages", []):
+            c = m.get("content", "")
+            if isinstance(c, str):
+                blocks.append((c, False))
+            else:
+                blocks += [(b.get("text", ""), "cache_control" in b) for b in c]
+        total = (
+            reply.input_tokens if reply.input_tokens is not None else _tokens("".join(t for t, _ in blocks))
+        )
+        marks = [i for i, (_, marked) in enumerate(blocks) if marked]
+        if not marks:
+            return 0, 0, total
+        prefix = "".join(t for t, _ in blocks[: marks[-1] + 1])
+        n = _tokens(prefix)
+        if n < self.anthropic_min_cache_tokens or n > total:
+            return 0, 0, total
+        key = f"anthropic:{req.body.get('model')}:{hash(prefix)}"
+        with self._lock:
+            hit = key in self.prompt_cache
+            self.prompt_cache.add(key)
+        return (n, 0, total - n) if hit else (0, n, total - n)
+
+    def _openai_cache(self, req: RecordedRequest, model: str) -> int:
+        """Cached prompt tokens: the system prompt, when at least 1024 tokens and seen before, counted in
+        128-token steps (as OpenAI's automatic prefix caching)."""
+        n = _tokens(req.system)
+        if n < self.openai_min_cache_tokens:
+            return 0
+        key = f"openai:{model}:{hash(req.system)}"
+        with self._lock:
+            hit = key in self.prompt_cache
+            self.prompt_cache.add(key)
+        return (n // 128) * 128 if hit else 0
 
     # -- smart mode -------------------------------------------------------------------------------------
 
@@ -346,6 +465,68 @@ class FakeLLMServer:
             if line.strip() and lines.count(line) == 1 and not line.rstrip().endswith("\\"):
                 return _block(path, line, line + "\n# fake implementer was here")
         return "No unique line to edit."
+
+
+_ANTHROPIC_EFFORTS = ("low", "medium", "high", "xhigh", "max")
+_OPENAI_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+_OPENAI_REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
+
+
+def _tokens(text: str) -> int:
+    return (len(text) + 3) // 4
+
+
+def _cut(text: str, room: int | None) -> tuple[str, bool]:
+    """``text`` cut to ``room`` tokens (4 characters each); True when it was cut."""
+    if room is None or _tokens(text) <= room:
+        return text, False
+    return text[: max(0, room) * 4], True
+
+
+def _openai_reasoning(body: dict) -> bool:
+    return str(body.get("model", "")).startswith(_OPENAI_REASONING_PREFIXES)
+
+
+def param_problem(api: str, body: dict) -> str | None:
+    """What the real API would reject in ``body`` with HTTP 400 (token limits, thinking, reasoning), or None."""
+    if api == "anthropic":
+        limit = body.get("max_tokens")
+        if not isinstance(limit, int) or limit < 1:
+            return "max_tokens: field required (an integer >= 1)"
+        think = body.get("thinking")
+        if think is not None:
+            kind = think.get("type") if isinstance(think, dict) else None
+            if kind not in ("enabled", "disabled", "adaptive"):
+                return f"thinking.type: unknown value {kind!r}"
+            if kind == "enabled":
+                budget = think.get("budget_tokens")
+                if not isinstance(budget, int) or budget < 1024:
+                    return "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+                if budget >= limit:
+                    return "`max_tokens` must be greater than `thinking.budget_tokens`"
+            if kind in ("enabled", "adaptive") and body.get("temperature", 1) != 1:
+                return "`temperature` may only be set to 1 when thinking is enabled"
+        effort = (body.get("output_config") or {}).get("effort")
+        if effort is not None and effort not in _ANTHROPIC_EFFORTS:
+            return f"output_config.effort: unknown value {effort!r}"
+        return None
+    effort = body.get("reasoning_effort")
+    if _openai_reasoning(body):
+        if "max_tokens" in body:
+            return (
+                "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                "Use 'max_completion_tokens' instead."
+            )
+        if body.get("temperature", 1) != 1:
+            return "Unsupported value: 'temperature' does not support this value with this model. Only 1 is."
+        if effort is not None and effort not in _OPENAI_EFFORTS:
+            return f"Invalid value for 'reasoning_effort': {effort!r}"
+    elif effort is not None and str(body.get("model", "")).startswith("gpt-"):
+        return "Unsupported parameter: 'reasoning_effort' is not supported with this model."
+    for key in ("max_tokens", "max_completion_tokens"):
+        if key in body and (not isinstance(body[key], int) or body[key] < 1):
+            return f"Invalid '{key}': integer below minimum value 1"
+    return None
 
 
 _FLOAT_RE = re.compile(

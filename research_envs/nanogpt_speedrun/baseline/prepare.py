@@ -1,24 +1,34 @@
-"""PROTECTED. Fill $IDEAFORGE_DATA with token shards for IDEAFORGE_DATASET. Idempotent.
+"""PROTECTED. Fill the data dirs for IDEAFORGE_DATASET from local files only. Idempotent; never downloads.
 
-``synthetic``: a deterministic Markov-chain token stream (offline, for the CPU smoke profile).
-``fineweb``: FineWeb text through ``datasets`` (local files from IDEAFORGE_FINEWEB_FILES, a glob of parquet/jsonl,
-or the hub dataset HuggingFaceFW/fineweb ``sample-10BT`` when online; HF_DATASETS_OFFLINE is respected),
-tokenised with GPT-2 BPE from ``tiktoken`` into IDEAFORGE_TRAIN_TOKENS training tokens and
-IDEAFORGE_VAL_TOKENS validation tokens. Shards already there (e.g. copied from modded-nanogpt's
-fineweb10B cache, renamed fineweb_{train,val}_NNN.bin) are used as they are.
+``fineweb``: pre-tokenised GPT-2 shards in the llm.c / modded-nanogpt format (``fineweb_train_NNNNNN.bin``,
+``fineweb_val_NNNNNN.bin``, e.g. the kjj0/fineweb10B-gpt2 files modded-nanogpt's cached_fineweb10B.py fetches)
+in the directory $IDEAFORGE_FINEWEB_DIR, next to a ``SHA256SUMS`` file (``sha256sum fineweb_*.bin >
+SHA256SUMS``, made where the shards were downloaded). Every shard used is checked against it while it is
+copied. The first IDEAFORGE_TRAIN_SHARDS training shards go to $IDEAFORGE_DATA; only the first
+IDEAFORGE_VAL_TOKENS (+1) validation tokens go to the evaluation data dir (data.eval_data_dir()), so training
+never needs the directory that holds the validation shard. No tokeniser runs: tiktoken is not needed.
+``synthetic``: a deterministic Markov-chain token stream (CPU smoke profile).
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import os
+import shutil
 import sys
+from pathlib import Path
 
-import numpy as np
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
 
-import data
+import numpy as np  # noqa: E402
 
-SHARD_TOKENS = 100_000_000
+import data  # noqa: E402
+
+SUMS_FILE = "SHA256SUMS"
 
 
 def synthetic(train_tokens: int, val_tokens: int) -> None:
@@ -26,85 +36,124 @@ def synthetic(train_tokens: int, val_tokens: int) -> None:
     rng = np.random.default_rng(0)
     successors = rng.integers(0, 512, size=(512, 4))
     probs = np.array([0.55, 0.25, 0.15, 0.05])
-    for split, n in (("train", train_tokens), ("val", val_tokens)):
+    for split, n, dest in (("train", train_tokens, data.data_dir()), ("val", val_tokens, data.eval_data_dir())):
         choice = rng.choice(4, size=n, p=probs)
         out = np.empty(n, dtype=np.uint16)
         tok = 0
         for i in range(n):
             tok = successors[tok, choice[i]]
             out[i] = tok
-        data.write_shard(data.data_dir() / f"synthetic_{split}_000.bin", out)
+        data.write_shard(dest / f"synthetic_{split}_000000.bin", out)
 
 
-def fineweb(train_tokens: int, val_tokens: int) -> None:
-    try:
-        import tiktoken
-    except ImportError as e:
-        raise SystemExit("preparing FineWeb needs the 'tiktoken' package: pip install tiktoken") from e
-    from datasets import load_dataset
-
-    files = os.environ.get("IDEAFORGE_FINEWEB_FILES")
-    try:
-        if files:
-            kind = "parquet" if files.endswith(".parquet") else "json"
-            ds = load_dataset(kind, data_files=files, split="train", streaming=True)
-        else:
-            ds = load_dataset("HuggingFaceFW/fineweb", name="sample-10BT", split="train", streaming=True)
-    except Exception as e:  # datasets raises many types when offline or the files are missing
+def read_sums(source: Path) -> dict[str, str]:
+    """file name -> sha256 from ``source/SHA256SUMS`` (sha256sum's output format)."""
+    path = source / SUMS_FILE
+    if not path.is_file():
         raise SystemExit(
-            f"cannot load FineWeb ({e}). Offline? Set IDEAFORGE_FINEWEB_FILES to local parquet/jsonl files, "
-            "or put fineweb_{train,val}_NNN.bin shards into $IDEAFORGE_DATA."
-        ) from e
-    try:
-        _write_shards(tiktoken.get_encoding("gpt2"), iter(ds), train_tokens, val_tokens)
-    except (SystemExit, KeyboardInterrupt):
-        raise
-    except Exception as e:  # streaming datasets fail lazily, e.g. when offline
-        raise SystemExit(f"reading/tokenising FineWeb failed: {e}") from e
+            f"{path} is missing: write it where the shards were downloaded (cd DIR && sha256sum fineweb_*.bin > "
+            f"{SUMS_FILE}) and copy it with them; prepare checks every shard against it"
+        )
+    sums: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 2 and len(parts[0]) == 64:
+            sums[parts[1].lstrip("*")] = parts[0].lower()
+    return sums
 
 
-def _write_shards(enc, docs, train_tokens: int, val_tokens: int) -> None:
-    # validation first (the first documents), then training shards
-    for split, total in (("val", val_tokens), ("train", train_tokens)):
-        written, index = 0, 0
-        while written < total:
-            chunk = _collect(enc, docs, min(SHARD_TOKENS, total - written))
-            if chunk is None:
-                raise SystemExit(f"FineWeb source ran out after {written} {split} tokens (wanted {total})")
-            data.write_shard(data.data_dir() / f"fineweb_{split}_{index:03d}.bin", chunk)
-            written, index = written + len(chunk), index + 1
-            print(f"{split}: {written}/{total} tokens", flush=True)
+def copy_verified(src: Path, dest: Path, expected: str) -> None:
+    """Copy ``src`` to ``dest`` while hashing it; refuse (and leave nothing) when the digest differs."""
+    h = hashlib.sha256()
+    tmp = dest.with_name(dest.name + ".part")
+    with open(src, "rb") as fin, open(tmp, "wb") as fout:
+        for block in iter(lambda: fin.read(1 << 22), b""):
+            h.update(block)
+            fout.write(block)
+    if h.hexdigest() != expected:
+        tmp.unlink()
+        raise SystemExit(f"{src}: sha256 {h.hexdigest()} does not match {SUMS_FILE} ({expected})")
+    tmp.replace(dest)
 
 
-def _collect(enc, docs, want: int) -> np.ndarray | None:
-    """Tokenise documents (each preceded by <|endoftext|>) in parallel batches until ``want`` tokens."""
-    parts: list[np.ndarray] = []
-    have = 0
-    while have < want:
-        texts = [doc["text"] for _, doc in zip(range(1024), docs, strict=False)]
-        if not texts:
-            return None
-        for toks in enc.encode_ordinary_batch(texts, num_threads=os.cpu_count() or 4):
-            parts.append(np.array([enc.eot_token, *toks], dtype=np.uint16))
-            have += len(parts[-1])
-    return np.concatenate(parts)[:want]
+def verify(src: Path, expected: str) -> None:
+    h = hashlib.sha256()
+    with open(src, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    if h.hexdigest() != expected:
+        raise SystemExit(f"{src}: sha256 {h.hexdigest()} does not match {SUMS_FILE} ({expected})")
+
+
+def fineweb(val_tokens: int) -> None:
+    raw = os.environ.get("IDEAFORGE_FINEWEB_DIR")
+    if not raw:
+        raise SystemExit(
+            "IDEAFORGE_FINEWEB_DIR is not set: point it at a directory of fineweb_{train,val}_*.bin shards "
+            "(modded-nanogpt format) plus SHA256SUMS; see research_envs/nanogpt_speedrun/README.md"
+        )
+    source = Path(raw)
+    sums = read_sums(source)
+    train = sorted(source.glob("fineweb_train_*.bin"))
+    val = sorted(source.glob("fineweb_val_*.bin"))
+    if not train or not val:
+        raise SystemExit(f"{source} needs fineweb_train_*.bin and fineweb_val_*.bin shards")
+    want = int(os.environ.get("IDEAFORGE_TRAIN_SHARDS", str(len(train))))
+    if want > len(train):
+        raise SystemExit(f"IDEAFORGE_TRAIN_SHARDS={want} but {source} has {len(train)} training shards")
+    for shard in [*train[:want], *val]:
+        if shard.name not in sums:
+            raise SystemExit(f"{shard.name} is not listed in {source / SUMS_FILE}")
+    for shard in val:  # checked in place: only a prefix is kept
+        verify(shard, sums[shard.name])
+    parts, have = [], 0
+    for shard in val:
+        data.shard_length(shard)
+        parts.append(np.asarray(data.read_shard(shard)[: val_tokens - have]))
+        have += len(parts[-1])
+        if have >= val_tokens:
+            break
+    tokens = np.concatenate(parts)
+    if len(tokens) < val_tokens:
+        raise SystemExit(f"the validation shards hold {len(tokens)} tokens, fewer than {val_tokens}")
+    if int(tokens.max()) >= data.VOCAB_SIZE:
+        raise SystemExit(f"validation token id {int(tokens.max())} is outside the GPT-2 vocabulary")
+    data.write_shard(data.eval_data_dir() / "fineweb_val_000000.bin", tokens)
+    for i, shard in enumerate(train[:want]):
+        copy_verified(shard, data.data_dir() / shard.name, sums[shard.name])
+        data.shard_length(data.data_dir() / shard.name)
+        print(f"train shard {i + 1}/{want}: {shard.name}", flush=True)
+
+
+def digests(directory: Path) -> dict[str, str]:
+    out = {}
+    for p in sorted(directory.glob(f"{data.dataset()}_*.bin")):
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        out[p.name] = h.hexdigest()
+    return out
 
 
 def main() -> None:
     name = data.dataset()
-    with open(data.data_dir() / f"{name}.lock", "w") as lock:
+    data_dir, eval_dir = data.data_dir(), data.eval_data_dir()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        have = [*data.data_dir().glob(f"{name}_train_*.bin")] and [*data.data_dir().glob(f"{name}_val_*.bin")]
-        if have:
-            print(f"{name} shards already in {data.data_dir()}")
+        if (data_dir / f"{name}-manifest.json").is_file():  # written last: a half-done prepare starts over
+            print(f"{name} shards already in {data_dir} and {eval_dir}")
             return
-        train_tokens = int(float(os.environ.get("IDEAFORGE_TRAIN_TOKENS", "2e9")))
         val_tokens = data.val_tokens() + 1
         if name == "synthetic":
-            synthetic(train_tokens, val_tokens)
+            synthetic(int(float(os.environ.get("IDEAFORGE_TRAIN_TOKENS", "200000"))), val_tokens)
         else:
-            fineweb(train_tokens, val_tokens)
-    print(f"prepared {name} shards in {data.data_dir()}", file=sys.stderr)
+            fineweb(val_tokens)
+        manifest = {"dataset": name, "train": digests(data_dir), "val": digests(eval_dir)}
+        (data_dir / f"{name}-manifest.json").write_text(json.dumps(manifest, indent=1))
+    print(f"prepared {name}: {len(manifest['train'])} train shard(s) in {data_dir}, validation in {eval_dir}", file=sys.stderr)
 
 
 if __name__ == "__main__":
