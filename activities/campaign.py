@@ -75,7 +75,10 @@ def load_saved_state(store: ObjectStore, campaign: str) -> CampaignInput | None:
     saved = CampaignInput.model_validate_json(raw)
     flushed = load_archive(store, saved.state.archive_head)
     ids = {s.idea_id for s in flushed}
-    saved.state.archive = [*flushed, *(s for s in saved.state.recent if s.idea_id not in ids)]
+    # the population's entries are the latest word on an idea (confirmation seeds are added there)
+    latest = {p.idea_id: p for p in saved.state.population}
+    every = [*flushed, *(s for s in saved.state.recent if s.idea_id not in ids)]
+    saved.state.archive = [latest.get(s.idea_id, s) for s in every]
     return saved
 
 
