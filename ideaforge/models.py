@@ -143,6 +143,9 @@ class EnvSpec(Strict):
     # names of host environment variables whose values are read-only paths the env's commands need (local
     # model weights under HF_HOME, a tiktoken cache, raw data files): passed through, bound read-only
     host_paths: list[str] = Field(default_factory=list)
+    # protected files training never sees (held-out data shipped with the env, the script that draws the
+    # validation set): removed from the training tree, present for prepare and evaluation only
+    eval_only_files: list[str] = Field(default_factory=list)
     offline: OfflineCatalogue = Field(default_factory=OfflineCatalogue)
 
     @field_validator("name")
@@ -164,6 +167,9 @@ class EnvSpec(Strict):
             raise ValueError(
                 f"plausible_range must be (low, high) with low < high, got {self.plausible_range}"
             )
+        hidden = set(self.eval_only_files) - set(self.protected_files)
+        if hidden:
+            raise ValueError(f"eval_only_files must also be protected_files: {sorted(hidden)}")
         if not self.run_command or not self.eval_command:
             raise ValueError("run_command and eval_command must not be empty")
         for profile in self.resources_by_profile:
@@ -413,6 +419,9 @@ class RunResult(Strict):
     train_s: float = 0.0
     eval_s: float = 0.0
     resumed_from_step: int | None = None
+    # True when the worker ran generated code without the sandbox (IDEAFORGE_UNSAFE_NO_SANDBOX=1): the score
+    # may be forged and is tagged `unsafe` wherever it is shown
+    unsafe: bool = False
     worker: str | None = None
     device: str | None = None
     started_at: float = 0.0  # unix time the activity attempt began (orchestration benchmarks)
