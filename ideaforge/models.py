@@ -60,8 +60,11 @@ class Resources(Strict):
     count: int = Field(1, ge=1, le=64)
     time_limit_s: float = Field(600, gt=0)
     cpu_time_limit_s: float | None = None
-    memory_limit_mb: int | None = None
+    memory_limit_mb: int | None = None  # whole process tree (cgroup); None: 3/4 of the machine's memory
     max_output_mb: float = Field(20, gt=0)
+    max_processes: int = Field(512, ge=8)  # whole process tree (pids cgroup + RLIMIT_NPROC of its own uid)
+    max_write_mb: float = Field(8192, gt=0)  # bytes the attempt may write to its own directory
+    max_checkpoint_mb: float | None = Field(None, gt=0)  # per checkpoint upload; None: max_write_mb
     heartbeat_timeout_s: float = Field(30, gt=0)
 
     @model_validator(mode="after")
