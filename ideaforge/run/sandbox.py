@@ -458,12 +458,13 @@ def run_sandboxed(
 
         try:
             def terminate(sig: int) -> None:
-                _killpg(proc.pid, sig)
-                if cgroup is not None and user is not None:
-                    if sig == signal.SIGKILL:
-                        cgroup.kill_all(timeout_s=0.5)
-                    else:  # bubblewrap dies of SIGTERM and takes everything along: signal the command itself
-                        cgroup.signal_uid(sig, user.uid)
+                if cgroup is None or user is None:
+                    _killpg(proc.pid, sig)
+                elif sig == signal.SIGKILL:
+                    _killpg(proc.pid, sig)
+                    cgroup.kill_all(timeout_s=0.5)
+                else:  # bubblewrap dies of SIGTERM and takes everything along: signal the command itself
+                    cgroup.signal_uid(sig, user.uid)
 
             _pump(proc, res, start, limits, on_line, log_file, cancel_event, grace_s, watch, terminate)
         finally:
