@@ -229,7 +229,7 @@ def _bind_args(binds: list[tuple[str, str]]) -> list[str]:
     """bwrap arguments binding ``(flag, path)`` at the same path, with world-readable parent directories
     (bwrap would create missing parents 0700, unreadable to the unprivileged uid)."""
     args: list[str] = []
-    made: set[str] = {"/"}
+    made: set[str] = {"/", "/tmp", "/run", "/dev", "/dev/shm", "/proc", "/usr", "/etc"}
     bound: list[str] = []
     for flag, path in sorted(binds, key=lambda b: (b[1].count("/"), b[1])):
         if any(path == b or path.startswith(b + "/") for b in bound) and flag == "--ro-bind":
@@ -270,8 +270,8 @@ def bwrap_argv(box: Box, user: SandboxUser, python: str = sys.executable) -> lis
         elif p.is_dir():
             args += ["--ro-bind", str(p), str(p)]
     args += ["--ro-bind", "/etc", "/etc", "--proc", "/proc", "--dev", "/dev"]
-    args += ["--size", str(box.tmp_bytes), "--tmpfs", "/tmp", "--tmpfs", "/run"]
-    args += ["--size", str(box.tmp_bytes), "--tmpfs", "/dev/shm"]
+    args += ["--perms", "1777", "--size", str(box.tmp_bytes), "--tmpfs", "/tmp", "--tmpfs", "/run"]
+    args += ["--perms", "1777", "--size", str(box.tmp_bytes), "--tmpfs", "/dev/shm"]
     binds: list[tuple[str, str]] = [("--ro-bind", r) for r in python_roots(python)]
     binds += [("--ro-bind", str(Path(p).resolve())) for p in box.readonly]
     binds += [("--bind", str(Path(p).resolve())) for p in box.writable]
