@@ -327,10 +327,16 @@ for d in {targets!r}:
     except OSError as e:
         found[d] = repr(e)
 """
-    res = rig.run(rig.code(attack))
-    _honest(rig, res)
-    assert "WROTE" not in json.dumps(rig.found(res))
-    assert not any((Path(d) / "sitecustomize.py").exists() for d in targets)
+    before = {d for d in targets if (Path(d) / "sitecustomize.py").exists()}
+    try:
+        res = rig.run(rig.code(attack))
+        _honest(rig, res)
+        assert "WROTE" not in json.dumps(rig.found(res))
+        assert {d for d in targets if (Path(d) / "sitecustomize.py").exists()} == before
+    finally:
+        for d in targets:
+            if d not in before:
+                (Path(d) / "sitecustomize.py").unlink(missing_ok=True)
 
 
 def test_prepared_data_and_its_marker_cannot_be_poisoned_and_eval_data_is_invisible(rig):
