@@ -522,6 +522,8 @@ found['done'] = True
 
 def test_huge_checkpoint_is_refused_and_never_read_into_worker_memory(rig):
     """A 3 GiB (sparse) checkpoint over the 50 MB cap is streamed, refused at the cap and not stored."""
+    toml = rig.env_root / "env.toml"  # room on disk for the file itself: only the checkpoint cap applies
+    toml.write_text(toml.read_text().replace("max_write_mb = 100", "max_write_mb = 4096"))
     attack = """
 ck = os.path.join(os.environ['IDEAFORGE_OUT'], 'huge.ckpt')
 with open(ck, 'wb') as f:
@@ -538,7 +540,7 @@ os.unlink(ck)
     assert not any(p.checkpoint is not None and p.checkpoint.size > 50 * 1024**2 for p in beats)
     big = [p for p in (rig.settings.home / "artifacts").rglob("*") if p.is_file() and p.stat().st_size > 50 * 1024**2]
     assert big == []
-    assert res.status in ("ok", "failed")
+    _honest(rig, res)
 
 
 def test_checkpoint_symlink_to_a_host_file_is_not_uploaded(rig):

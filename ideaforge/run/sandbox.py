@@ -377,7 +377,8 @@ def _killpg(pid: int, sig: int) -> None:
 
 
 def disk_usage(paths: list[Path]) -> int:
-    """Bytes allocated under ``paths`` (symlinks not followed, hard links counted once)."""
+    """Bytes allocated on disk under ``paths`` (sparse holes cost nothing; symlinks not followed, hard links
+    counted once)."""
     total, seen = 0, set()
     for base in paths:
         for root, dirs, files in os.walk(base):
@@ -388,7 +389,7 @@ def disk_usage(paths: list[Path]) -> int:
                     continue
                 if (st.st_dev, st.st_ino) not in seen:
                     seen.add((st.st_dev, st.st_ino))
-                    total += max(st.st_size, st.st_blocks * 512) if not os.path.islink(root) else 0
+                    total += st.st_blocks * 512
     return total
 
 
