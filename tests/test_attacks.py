@@ -608,3 +608,20 @@ def test_unpinned_env_is_refused(rig):
     (rig.env_root / "protected.lock").unlink()
     with pytest.raises(EnvError, match="no protected.lock"):
         rig.run(rig.code())
+
+
+def test_unsafe_runs_are_tagged_in_mlflow_tags():
+    from ideaforge.models import Idea, IdeaOutcome, IdeaSummary, RecordIdeaRequest
+    from ideaforge.track.tracker import _idea_tags
+
+    idea = Idea(idea_id="campaign-c/e000/i00", epoch=0, index=0, title="t", text="t")
+    summary = IdeaSummary(idea_id=idea.idea_id, epoch=0, title="t", text="t", origin="explore", status="ok")
+
+    def tags(unsafe: bool) -> dict[str, str]:
+        outcome = IdeaOutcome(summary=summary, run=RunResult(status="ok", metric=1.0, unsafe=unsafe))
+        req = RecordIdeaRequest(experiment="e", campaign="c", epoch_run_id=None, idea=idea, outcome=outcome,
+                                workflow_id="w", run_id="r", env="toy_quad")
+        return _idea_tags(req)
+
+    assert tags(True)["ideaforge.unsafe"] == "true"
+    assert "ideaforge.unsafe" not in tags(False)

@@ -655,3 +655,21 @@ def test_retry_resumes_from_checkpoint_through_temporal(tmp_path, temporal_env):
     res = asyncio.run(main())
     assert res.status == "ok" and res.resumed_from_step == 5
     assert res.curve[0].step == 6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tiny_gpt", "tiny_grpo"])
+def test_cpu_envs_run_in_the_sandbox(name, tmp_path):
+    """The CPU envs' smoke profiles through the real runner: prepare, train and a locked evaluation, sandboxed."""
+    settings = Settings(home=tmp_path / "home", train_slots=1)
+    store = LocalStore(tmp_path / "artifacts")
+    env = load_env(name)
+    code = store.put_bytes(pack_tree(env.baseline), "code")
+    runner = ExperimentRunner(settings, store, grace_s=0.5)
+    req = RunRequest(campaign="t", idea_id="smoke", env=name, code=code, profile="smoke")
+    res = asyncio.run(runner.run(req))
+    assert res.status == "ok" and not res.unsafe, res.error
+    lo, hi = env.spec.plausible_range
+    assert lo <= res.metric <= hi
+    eval_data = settings.home / "data" / name / "smoke" / "eval"
+    assert any(eval_data.iterdir())  # the held-out data lives apart from IDEAFORGE_DATA
