@@ -332,3 +332,15 @@ def test_unsafe_opt_out_is_tagged(tmp_path, monkeypatch):
         assert res.ok and res.unsafe and res.isolation == "unsafe"
     finally:
         sandbox.check_sandbox.cache_clear()
+
+
+def test_training_worker_refuses_to_start_without_a_sandbox(monkeypatch):
+    """workers/main.py: serving a training queue where the sandbox is missing is a startup error (cause + fix)."""
+    from ideaforge.workers import main as worker_main
+
+    def unavailable() -> str:
+        raise sandbox.SandboxUnavailable("bwrap is not installed: apt-get install -y bubblewrap")
+
+    monkeypatch.setattr(worker_main, "check_sandbox", unavailable)
+    with pytest.raises(SystemExit, match="refusing to serve training queue cpu-train.*apt-get install -y bubblewrap"):
+        worker_main.require_sandbox("cpu-train")
