@@ -501,8 +501,9 @@ for path in ('/var/tmp/big', '/big', '/usr/big', os.path.expanduser('~root/big')
     res = rig.run(rig.code(attack))
     _honest(rig, res)
     found = rig.found(res)
-    assert all(v[1] != "complete" for v in found.values()), found
-    assert found["/tmp/big"][0] <= 512 * 1024**2  # the private /tmp is a capped tmpfs
+    outside = {k: v for k, v in found.items() if k != "/tmp/big"}
+    assert all(v[0] == 0 and v[1] != "complete" for v in outside.values()), found  # not a byte outside
+    assert 0 < found["/tmp/big"][0] <= 512 * 1024**2  # the private /tmp is a capped tmpfs
 
 
 def test_bytes_written_to_the_attempt_dir_are_capped(rig):
