@@ -231,10 +231,9 @@ def _bind_args(binds: list[tuple[str, str]]) -> list[str]:
     args: list[str] = []
     made: set[str] = {"/", "/tmp", "/run", "/dev", "/dev/shm", "/proc", "/usr", "/etc"}
     bound: list[str] = []
-    for flag, path in sorted(binds, key=lambda b: (b[1].count("/"), b[1])):
-        if any(path == b or path.startswith(b + "/") for b in bound) and flag == "--ro-bind":
-            if any(path == b for b in bound):
-                continue
+    for flag, path in sorted(set(binds), key=lambda b: (b[1].count("/"), b[1], b[0] == "--bind")):
+        if flag == "--ro-bind" and path in bound:
+            continue  # the same directory twice (a writable bind of it comes after and wins)
         parents = list(reversed(Path(path).parents))[1:]
         for parent in map(str, parents):
             if parent in made or any(parent == b or parent.startswith(b + "/") for b in bound):
