@@ -3,8 +3,8 @@
 Idea failures are results (``RunResult`` with status ``failed``). Raised errors are for Temporal:
 a bad request (unknown env/profile, impossible device count, an env without its protected.lock) is
 non-retryable; storage problems, a failing prepare_command and worker shutdown are retryable, and a retry resumes
-from the last heartbeated checkpoint. A worker whose sandbox cannot be set up fails the attempt with a
-non-retryable ``SandboxUnavailable`` error naming cause and fix (it never trains unsandboxed).
+from the last heartbeated checkpoint. A worker whose sandbox breaks at run time fails the attempt with a
+retryable ``SandboxUnavailable`` error naming cause and fix (it never trains unsandboxed).
 """
 
 from __future__ import annotations
@@ -112,7 +112,10 @@ class ExperimentActivities:
                 return result.model_copy(
                     update={"started_at": started, "finished_at": time.time(), "queued_s": queued}
                 )
-            except (EnvError, ValueError, ValidationError, SandboxUnavailable) as e:
+            except SandboxUnavailable as e:  # an infrastructure fault of this worker: retried, never run unsandboxed
+                activity.heartbeat(latest[0])
+                raise ApplicationError(str(e), type="SandboxUnavailable") from e
+            except (EnvError, ValueError, ValidationError) as e:
                 raise ApplicationError(str(e), type=type(e).__name__, non_retryable=True) from e
             except RunCancelled as e:
                 activity.heartbeat(latest[0])  # the retry resumes from this checkpoint

@@ -626,3 +626,43 @@ def test_unsafe_runs_are_tagged_in_mlflow_tags():
 
     assert tags(True)["ideaforge.unsafe"] == "true"
     assert "ideaforge.unsafe" not in tags(False)
+
+
+def test_host_paths_are_passed_read_only(rig, tmp_path, monkeypatch):
+    """An env's host_paths (e.g. HF_HOME) reach the command with their value, bound read-only."""
+    shared = tmp_path / "hf-home"
+    shared.mkdir()
+    (shared / "weights.bin").write_text("local model")
+    monkeypatch.setenv("TOY_HOST_CACHE", str(shared))
+    toml = rig.env_root / "env.toml"
+    toml.write_text(toml.read_text().replace('checkpointing = true\n', 'checkpointing = true\nhost_paths = ["TOY_HOST_CACHE"]\n'))
+    attack = """
+base = os.environ['TOY_HOST_CACHE']
+found['read'] = open(os.path.join(base, 'weights.bin')).read()
+try:
+    open(os.path.join(base, 'weights.bin'), 'w').write('forged')
+    found['write'] = 'WROTE'
+except OSError as e:
+    found['write'] = repr(e)
+"""
+    res = rig.run(rig.code(attack))
+    _honest(rig, res)
+    assert rig.found(res)["read"] == "local model" and "Read-only file system" in rig.found(res)["write"]
+    assert (shared / "weights.bin").read_text() == "local model"
+
+
+@pytest.mark.slow
+def test_tiny_gpt_rejects_a_model_that_looks_at_its_batch(tmp_path):
+    """Causal at every batch size, but its logits depend on the batch size: the repeated evaluation in another
+    order and batch size disagrees, so the evaluator refuses to score it."""
+    from env_harness import run_env
+
+    env = load_env("tiny_gpt")
+    model = (env.baseline / "model.py").read_text()
+    marker = "        logits = self.lm_head(self.ln_f(x))\n"
+    assert marker in model
+    cheat = model.replace(marker, marker + "        logits = logits + (3.0 if B >= 16 else 0.0) * F.one_hot(idx, logits.size(-1))\n")
+    run = run_env(env, tmp_path, files={"model.py": cheat})
+    assert run.train.returncode == 0, run.train.stderr[-2000:]
+    assert run.evaluation.returncode == 2 and run.metrics is None
+    assert "another batch order" in run.evaluation.stderr
