@@ -44,7 +44,9 @@ class RLConfig(BaseModel):
     lora: bool = True
     lora_r: int = Field(8, ge=1)
     lora_alpha: int = Field(16, ge=1)
-    novelty_weight: float = Field(0.0, ge=0, description="anti-collapse: weight of the novelty bonus; 0 = plain GRPO")
+    novelty_weight: float = Field(
+        0.0, ge=0, description="anti-collapse: weight of the novelty bonus; 0 = plain GRPO"
+    )
     seed: int = 0
 
 
@@ -68,6 +70,15 @@ class RLResult(BaseModel):
 
 class StopAfterStep(RuntimeError):
     """Raised by a test hook to simulate a crash in the middle of a step."""
+
+
+def as_text(x: Any) -> str:
+    """A TRL prompt/completion as text: plain strings stay, conversations give their last message's content."""
+    if isinstance(x, str):
+        return x
+    if isinstance(x, list) and x and isinstance(x[-1], dict):
+        return str(x[-1].get("content", ""))
+    return str(x)
 
 
 def pointer_key(run_name: str) -> str:
@@ -172,10 +183,9 @@ def run_grpo(
     client, mlflow_run_id = _mlflow_run(mlflow_uri, config.run_name, mlflow_run_id, config)
 
     rec = _Recorder()
-    calls = {"n": 0}
 
-    def execution_reward(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
-        calls["n"] += 1
+    def execution_reward(prompts: list, completions: list, **_: Any) -> list[float]:
+        prompts, completions = [as_text(p) for p in prompts], [as_text(c) for c in completions]
         if crash_at_step is not None and len(history) + 1 >= crash_at_step:
             raise StopAfterStep(f"simulated crash during step {len(history) + 1}")
         scored = [scorer.score(p, c) for p, c in zip(prompts, completions, strict=True)]
@@ -184,8 +194,12 @@ def run_grpo(
         rec.executed += [s.executed for s in scored]
         return [s.reward for s in scored]
 
-    def novelty_bonus(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
-        return novelty.bonus(completions) if novelty is not None else [0.0] * len(completions)
+    def novelty_bonus(prompts: list, completions: list, **_: Any) -> list[float]:
+        return (
+            novelty.bonus([as_text(c) for c in completions])
+            if novelty is not None
+            else [0.0] * len(completions)
+        )
 
     class Progress(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
