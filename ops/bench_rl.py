@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--novelty-weight", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=5e-3)
     ap.add_argument("--out", type=Path, default=Path("bench_rl_out"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -49,6 +50,7 @@ def main() -> None:
             num_generations=args.group,
             max_completion_length=12,
             novelty_weight=weight,
+            learning_rate=args.lr,
             seed=args.seed,
         )
         t0 = time.monotonic()
@@ -79,7 +81,10 @@ def main() -> None:
     (args.out / "histories.json").write_text(
         json.dumps({k: [m.model_dump() for m in v] for k, v in runs.items()}, indent=1)
     )
-    print(f"synthetic env: max possible reward {env.max_reward:.3f}; {args.steps} steps x group {args.group}")
+    print(
+        f"synthetic env: max possible reward {env.max_reward:.3f}; {args.steps} steps x group {args.group}, "
+        f"lr {args.lr:g}, seed {args.seed}"
+    )
     print(f"(first/last = mean over the first/last {max(1, args.steps // 5)} steps)")
     for label, s in summary.items():
         print(f"{label}: " + ", ".join(f"{k}={v}" for k, v in s.items()))

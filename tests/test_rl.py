@@ -172,8 +172,15 @@ def test_grpo_raises_mean_reward_on_cpu(tmp_path: Path):
 
 @pytest.mark.slow
 def test_killed_run_resumes_from_last_completed_step(tmp_path: Path, mlflow_server: str):
+    """A run that dies during step 3 resumes from step 2 in the store and ends exactly like an unbroken run."""
+    from safetensors.torch import load_file
+
+    cfg = RLConfig(run_name="unbroken", steps=4, max_completion_length=6, novelty_weight=1.0)
+    model, tok = _tiny()
+    unbroken = run_grpo(model, tok, [PROMPT], SyntheticEnv(), cfg, tmp_path / "u")
+
     store = LocalStore(tmp_path / "store")
-    cfg = RLConfig(run_name="resume", steps=4, max_completion_length=6, novelty_weight=1.0)
+    cfg = cfg.model_copy(update={"run_name": "resume"})
     model, tok = _tiny()
     with pytest.raises(StopAfterStep):
         run_grpo(
@@ -189,19 +196,25 @@ def test_killed_run_resumes_from_last_completed_step(tmp_path: Path, mlflow_serv
         )
     p = latest_pointer(store, "resume")
     assert p is not None and p.step == 2
-    model, tok = _tiny(seed=1)  # a fresh process: weights come from the checkpoint, not from this init
+    # a fresh process: the same base weights (as from a local model dir); adapter, optimiser, RNG, history and
+    # novelty archive come from the checkpoint in the store (the work dir is a new one)
+    model, tok = _tiny()
     res = run_grpo(
         model, tok, [PROMPT], SyntheticEnv(), cfg, tmp_path / "w2", store=store, mlflow_uri=mlflow_server
     )
     assert res.resumed_from == 2 and res.steps_done == 4 and latest_pointer(store, "resume").step == 4
-    assert res.mlflow_run_id == p.mlflow_run_id
+    assert [m.mean_reward for m in res.history] == [m.mean_reward for m in unbroken.history]
+    a = load_file(Path(res.adapter_dir) / "adapter_model.safetensors")
+    b = load_file(Path(unbroken.adapter_dir) / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
+
+    assert res.mlflow_run_id == p.mlflow_run_id  # one MLflow run per RL campaign, across the crash
     from mlflow import MlflowClient
 
     hist = MlflowClient(mlflow_server).get_metric_history(res.mlflow_run_id, "rl/mean_reward")
     assert sorted(m.step for m in hist) == [1, 2, 3, 4]
-    assert [m.value for m in sorted(hist, key=lambda m: m.step)] == pytest.approx(
-        [m.mean_reward for m in res.history]
-    )
+    by_step = [m.value for m in sorted(hist, key=lambda m: m.step)]
+    assert by_step == pytest.approx([m.mean_reward for m in res.history])
 
 
 @pytest.mark.slow
