@@ -47,6 +47,7 @@ class RLConfig(BaseModel):
     novelty_weight: float = Field(
         0.0, ge=0, description="anti-collapse: weight of the novelty bonus; 0 = plain GRPO"
     )
+    gradient_checkpointing: bool = False
     seed: int = 0
 
 
@@ -250,6 +251,8 @@ def run_grpo(
         save_steps=1,
         report_to="none",
         use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        gradient_checkpointing=config.gradient_checkpointing,
         seed=config.seed,
         data_seed=config.seed,
         disable_tqdm=True,
