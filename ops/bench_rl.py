@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--novelty-weight", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=5e-3)
+    ap.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA (collapses sooner)")
     ap.add_argument("--out", type=Path, default=Path("bench_rl_out"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -51,6 +52,7 @@ def main() -> None:
             max_completion_length=12,
             novelty_weight=weight,
             learning_rate=args.lr,
+            lora=not args.full,
             seed=args.seed,
         )
         t0 = time.monotonic()
@@ -83,7 +85,7 @@ def main() -> None:
     )
     print(
         f"synthetic env: max possible reward {env.max_reward:.3f}; {args.steps} steps x group {args.group}, "
-        f"lr {args.lr:g}, seed {args.seed}"
+        f"lr {args.lr:g}, {'full fine-tuning' if args.full else 'LoRA'}, seed {args.seed}"
     )
     print(f"(first/last = mean over the first/last {max(1, args.steps // 5)} steps)")
     for label, s in summary.items():
