@@ -36,21 +36,26 @@ def main() -> None:
     ap.add_argument("--novelty-weight", type=float, default=2.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=5e-3)
+    ap.add_argument(
+        "--option", choices=("novelty", "best"), default="novelty", help="the anti-collapse option"
+    )
     ap.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA (collapses sooner)")
     ap.add_argument("--out", type=Path, default=Path("bench_rl_out"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     env = SyntheticEnv()
     runs, summary = {}, {}
-    for label, weight in (("plain GRPO", 0.0), (f"GRPO + novelty x{args.novelty_weight:g}", args.novelty_weight)):
+    option = f"novelty x{args.novelty_weight:g}" if args.option == "novelty" else "best-of-group reward"
+    for label, on in (("plain GRPO", False), (f"GRPO + {option}", True)):
         tok = build_tokenizer([PROMPT, " ".join(env.gains), DISTRACTORS])
         model = build_model(tok, seed=args.seed)
         cfg = RLConfig(
-            run_name=f"bench-{'plain' if weight == 0 else 'novelty'}",
+            run_name=f"bench-{args.option if on else 'plain'}",
             steps=args.steps,
             num_generations=args.group,
             max_completion_length=12,
-            novelty_weight=weight,
+            novelty_weight=args.novelty_weight if on and args.option == "novelty" else 0.0,
+            group_reward="best" if on and args.option == "best" else "raw",
             learning_rate=args.lr,
             lora=not args.full,
             seed=args.seed,

@@ -12,7 +12,14 @@ import pytest
 from ideaforge.rl.metrics import category_of, collapse_metrics, dispersion, entropy, split_reasoning
 from ideaforge.rl.offline import load_export, train_offline
 from ideaforge.rl.scoring import NoveltyBonus, OfflineScorer, SyntheticEnv
-from ideaforge.rl.trainer import RLConfig, StopAfterStep, latest_pointer, run_grpo, unzip_to
+from ideaforge.rl.trainer import (
+    RLConfig,
+    StopAfterStep,
+    best_of_group,
+    latest_pointer,
+    run_grpo,
+    unzip_to,
+)
 from ideaforge.store.artifacts import LocalStore
 
 DIVERSE = [
@@ -116,6 +123,13 @@ def test_synthetic_env_and_novelty_bonus():
     )
     assert b[0] == pytest.approx(0.0, abs=1e-9) and b[1] > 0.5 and b[2] == pytest.approx(0.0, abs=1e-9)
     assert nb.bonus(["keep an ema of the weights"]) == [pytest.approx(0.0, abs=1e-9)]
+
+
+def test_best_of_group_rewards_only_each_groups_best():
+    assert best_of_group([0.1, 0.5, 0.5, -1.0, 2.0, 0.0, 1.0, 3.0], 4) == [0, 1, 1, 0, 0, 0, 0, 1]
+    assert best_of_group([1.0, 1.0], 2) == [1.0, 1.0]
+    with pytest.raises(ValueError, match="groups of 4"):
+        best_of_group([1.0] * 6, 4)
 
 
 def test_load_export_jsonl_dataset_and_bad_input(tmp_path: Path):

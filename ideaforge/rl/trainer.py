@@ -16,7 +16,7 @@ import shutil
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -46,6 +46,9 @@ class RLConfig(BaseModel):
     lora_alpha: int = Field(16, ge=1)
     novelty_weight: float = Field(
         0.0, ge=0, description="anti-collapse: weight of the novelty bonus; 0 = plain GRPO"
+    )
+    group_reward: Literal["raw", "best"] = Field(
+        "raw", description="anti-collapse: 'best' trains on 1 for each group's best idea(s), 0 for the rest"
     )
     gradient_checkpointing: bool = False
     seed: int = 0
@@ -80,6 +83,22 @@ def as_text(x: Any) -> str:
     if isinstance(x, list) and x and isinstance(x[-1], dict):
         return str(x[-1].get("content", ""))
     return str(x)
+
+
+def best_of_group(rewards: Sequence[float], group: int) -> list[float]:
+    """1.0 for each idea that ties its group's best reward, 0.0 for the others (groups are consecutive runs).
+
+    GRPO then pushes only towards the best idea of each group instead of towards everything above the group
+    mean, which favours the max reward over the mean.
+    """
+    if group < 1 or len(rewards) % group:
+        raise ValueError(f"{len(rewards)} rewards do not split into groups of {group}")
+    out: list[float] = []
+    for i in range(0, len(rewards), group):
+        chunk = rewards[i : i + group]
+        top = max(chunk)
+        out += [1.0 if r >= top - 1e-12 else 0.0 for r in chunk]
+    return out
 
 
 def pointer_key(run_name: str) -> str:
@@ -193,7 +212,8 @@ def run_grpo(
         rec.completions += list(completions)
         rec.rewards += [s.reward for s in scored]
         rec.executed += [s.executed for s in scored]
-        return [s.reward for s in scored]
+        rewards = [s.reward for s in scored]
+        return best_of_group(rewards, config.num_generations) if config.group_reward == "best" else rewards
 
     def novelty_bonus(prompts: list, completions: list, **_: Any) -> list[float]:
         return (
