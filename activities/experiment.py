@@ -1,8 +1,10 @@
 """The ``run_experiment`` Temporal activity: devices, heartbeats, cancellation and shutdown around the runner.
 
 Idea failures are results (``RunResult`` with status ``failed``). Raised errors are for Temporal:
-a bad request (unknown env/profile, impossible device count) is non-retryable; storage problems, a failing
-prepare_command and worker shutdown are retryable, and a retry resumes from the last heartbeated checkpoint.
+a bad request (unknown env/profile, impossible device count, an env without its protected.lock) is
+non-retryable; storage problems, a failing prepare_command and worker shutdown are retryable, and a retry resumes
+from the last heartbeated checkpoint. A worker whose sandbox breaks at run time fails the attempt with a
+retryable ``SandboxUnavailable`` error naming cause and fix (it never trains unsandboxed).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ideaforge.models import Progress, RunRequest, RunResult
 from ideaforge.names import RUN_EXPERIMENT
 from ideaforge.run.devices import DevicePool
 from ideaforge.run.runner import ExperimentRunner, RunCancelled
+from ideaforge.run.sandbox import SandboxUnavailable
 from ideaforge.store.artifacts import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -99,16 +102,19 @@ class ExperimentActivities:
         ids: list[int] | None = None
         try:
             try:
-                count = self.runner.load(req.env).spec.resources_for(req.profile).count
-                ids = await self.devices.acquire(count)
+                resolved = self.runner.resolve(req)
+                ids = await self.devices.acquire(resolved.resources.count)
                 started = time.time()
                 result = await self.runner.run(
-                    req, heartbeat=beat, resume=resume, cancel_event=stop, device_ids=ids
+                    req, resolved=resolved, heartbeat=beat, resume=resume, cancel_event=stop, device_ids=ids
                 )
                 queued = max(0.0, started - info.current_attempt_scheduled_time.timestamp())
                 return result.model_copy(
                     update={"started_at": started, "finished_at": time.time(), "queued_s": queued}
                 )
+            except SandboxUnavailable as e:  # an infrastructure fault of this worker: retried, never run unsandboxed
+                activity.heartbeat(latest[0])
+                raise ApplicationError(str(e), type="SandboxUnavailable") from e
             except (EnvError, ValueError, ValidationError) as e:
                 raise ApplicationError(str(e), type=type(e).__name__, non_retryable=True) from e
             except RunCancelled as e:

@@ -61,8 +61,11 @@ class Resources(Strict):
     count: int = Field(1, ge=1, le=64)
     time_limit_s: float = Field(600, gt=0)
     cpu_time_limit_s: float | None = None
-    memory_limit_mb: int | None = None
+    memory_limit_mb: int | None = None  # whole process tree (cgroup); None: 3/4 of the machine's memory
     max_output_mb: float = Field(20, gt=0)
+    max_processes: int = Field(512, ge=8)  # whole process tree (pids cgroup + RLIMIT_NPROC of its own uid)
+    max_write_mb: float = Field(8192, gt=0)  # bytes the attempt may write to its own directory
+    max_checkpoint_mb: float | None = Field(None, gt=0)  # per checkpoint upload; None: max_write_mb
     heartbeat_timeout_s: float = Field(30, gt=0)
 
     @model_validator(mode="after")
@@ -146,6 +149,9 @@ class EnvSpec(Strict):
     host_paths: list[str] = Field(default_factory=list)
     # advice for the ideator (what kind of ideas fit this env, what must not change), shown in its prompt
     ideator_guidance: str = ""
+    # protected files training never sees (held-out data shipped with the env, the script that draws the
+    # validation set): removed from the training tree, present for prepare and evaluation only
+    eval_only_files: list[str] = Field(default_factory=list)
     offline: OfflineCatalogue = Field(default_factory=OfflineCatalogue)
 
     @field_validator("name")
@@ -167,6 +173,9 @@ class EnvSpec(Strict):
             raise ValueError(
                 f"plausible_range must be (low, high) with low < high, got {self.plausible_range}"
             )
+        hidden = set(self.eval_only_files) - set(self.protected_files)
+        if hidden:
+            raise ValueError(f"eval_only_files must also be protected_files: {sorted(hidden)}")
         if not self.run_command or not self.eval_command:
             raise ValueError("run_command and eval_command must not be empty")
         for profile in self.resources_by_profile:
@@ -498,6 +507,9 @@ class RunResult(Strict):
     train_s: float = 0.0
     eval_s: float = 0.0
     resumed_from_step: int | None = None
+    # True when the worker ran generated code without the sandbox (IDEAFORGE_UNSAFE_NO_SANDBOX=1): the score
+    # may be forged and is tagged `unsafe` wherever it is shown
+    unsafe: bool = False
     worker: str | None = None
     device: str | None = None
     started_at: float = 0.0  # unix time the activity attempt began (orchestration benchmarks)

@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# bubblewrap: the sandbox of every training attempt (the training worker refuses to run without it)
+command -v bwrap >/dev/null || (apt-get update && apt-get install -y bubblewrap) || echo "warning: install bubblewrap (apt-get install -y bubblewrap): training refuses to run without it" >&2
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi

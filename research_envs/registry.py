@@ -1,12 +1,16 @@
 """Discover research environments by name and load their specs.
 
-An env is a folder holding ``env.toml`` (an :class:`~ideaforge.models.EnvSpec`) and ``baseline/`` (the
-codebase, evaluator included). Built-in envs live beside this module; users add folders through
+An env is a folder holding ``env.toml`` (an :class:`~ideaforge.models.EnvSpec`), ``baseline/`` (the
+codebase, evaluator included) and ``protected.lock``: the sha256 of every protected file, committed with the env
+(``sha256sum`` format). The runner checks the evaluation tree against the lock, never against a digest
+recomputed from files on disk. Regenerate it after a deliberate change of a protected file with
+``python -m ideaforge.research_envs.registry lock <env-or-folder>...``. Built-in envs live beside this module; users add folders through
 ``IDEAFORGE_ENV_PATH`` (``os.pathsep``-separated list of directories that contain env folders).
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import tomllib
 from dataclasses import dataclass
@@ -17,6 +21,8 @@ from pydantic import ValidationError
 from ideaforge.models import EnvSpec
 
 BUILTIN_DIR = Path(__file__).resolve().parent
+LOCK_FILE = "protected.lock"
+LOCK_COMMAND = "python -m ideaforge.research_envs.registry lock"
 
 
 class EnvError(ValueError):
@@ -35,8 +41,65 @@ class ResearchEnv:
         return self.root / "baseline"
 
     def protected_digest(self) -> str:
-        """sha256 over the pristine protected files (path + content), the evaluator's lock."""
+        """sha256 over the pristine protected files (path + content)."""
         return files_digest(self.baseline, self.spec.protected_files)
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / LOCK_FILE
+
+    def pinned(self) -> dict[str, str]:
+        """protected file -> sha256 from ``protected.lock``; raises EnvError when missing or incomplete."""
+        if not self.lock_path.is_file():
+            raise EnvError(
+                f"env {self.spec.name!r} has no {LOCK_FILE}: the evaluator's digests must be pinned; "
+                f"create it with `{LOCK_COMMAND} {self.root}` and commit it"
+            )
+        pins: dict[str, str] = {}
+        for line in self.lock_path.read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                sha, _, rel = line.partition("  ")
+                pins[rel.strip()] = sha.strip()
+        if sorted(pins) != sorted(self.spec.protected_files):
+            raise EnvError(
+                f"{self.lock_path} pins {sorted(pins)} but protected_files are {sorted(self.spec.protected_files)}: "
+                f"regenerate it with `{LOCK_COMMAND} {self.root}`"
+            )
+        return pins
+
+    def unpinned(self, tree: Path) -> list[str]:
+        """Protected files under ``tree`` whose content differs from the lock (missing or symlinked too)."""
+        bad = []
+        for rel, sha in self.pinned().items():
+            p = tree / rel
+            if p.is_symlink() or not p.is_file() or file_sha256(p) != sha:
+                bad.append(rel)
+        return bad
+
+    def check_baseline(self) -> None:
+        """Raise EnvError when the pristine baseline's protected files no longer match the lock."""
+        bad = self.unpinned(self.baseline)
+        if bad:
+            raise EnvError(
+                f"protected files of env {self.spec.name!r} differ from {self.lock_path}: {bad}. Someone changed "
+                f"the evaluator; if on purpose, review it and run `{LOCK_COMMAND} {self.root}`"
+            )
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1024 * 1024):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def lock_text(env: ResearchEnv) -> str:
+    """The ``protected.lock`` content for the env's current baseline."""
+    head = f"# sha256 of the protected files of {env.spec.name}; regenerate: {LOCK_COMMAND} {env.spec.name}\n"
+    return head + "".join(
+        f"{file_sha256(env.baseline / rel)}  {rel}\n" for rel in sorted(env.spec.protected_files)
+    )
 
 
 def files_digest(base: Path, files: list[str]) -> str:
@@ -91,4 +154,31 @@ def load_env_folder(folder: Path) -> ResearchEnv:
     missing = [f for f in [*spec.editable_files, *spec.protected_files] if not (env.baseline / f).is_file()]
     if missing:
         raise EnvError(f"{spec_path}: files listed in the spec are missing from baseline/: {missing}")
+    if env.lock_path.is_file():
+        env.check_baseline()
     return env
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``lock <env-or-folder>...``: write each env's protected.lock from its current baseline."""
+    p = argparse.ArgumentParser(prog="python -m ideaforge.research_envs.registry")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    lock = sub.add_parser("lock", help="pin the digests of an env's protected files in protected.lock")
+    lock.add_argument("envs", nargs="+", help="env names or env folders")
+    args = p.parse_args(argv)
+    for name in args.envs:
+        folder = Path(name)
+        if (folder / "env.toml").is_file():
+            lock_path = folder / LOCK_FILE
+            lock_path.unlink(missing_ok=True)
+            env = load_env_folder(folder)
+        else:
+            env = load_env(name)
+            env.lock_path.unlink(missing_ok=True)
+            env = load_env_folder(env.root)
+        env.lock_path.write_text(lock_text(env))
+        print(f"wrote {env.lock_path}")
+
+
+if __name__ == "__main__":
+    main()

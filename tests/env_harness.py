@@ -80,8 +80,12 @@ def run_env(
     data.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     cenv = command_env(env, profile, data, out, seed, extra)
+    # held-out data: written by prepare, read by the evaluator, never in training's environment (PROTOCOL.md)
+    eval_data = {"IDEAFORGE_EVAL_DATA": str(data.parent / f"{data.name}-eval")}
     if env.spec.prepare_command and not (data / ".prepared").exists():
-        subprocess.run(argv(env.spec.prepare_command), cwd=work, env=cenv, check=True, timeout=timeout)
+        subprocess.run(
+            argv(env.spec.prepare_command), cwd=work, env=cenv | eval_data, check=True, timeout=timeout
+        )
         (data / ".prepared").write_text("ok")
     train = subprocess.run(
         argv(env.spec.run_command), cwd=work, env=cenv, capture_output=True, text=True, timeout=timeout
@@ -98,7 +102,7 @@ def run_env(
     for rel in env.spec.protected_files:
         shutil.copy2(env.baseline / rel, work / rel)
     metric_file = root / "metrics.json"
-    cenv = {k: v for k, v in cenv.items() if k != "IDEAFORGE_RESUME"} | {
+    cenv = {k: v for k, v in cenv.items() if k != "IDEAFORGE_RESUME"} | eval_data | {
         "IDEAFORGE_METRIC_FILE": str(metric_file)
     }
     result.evaluation = subprocess.run(

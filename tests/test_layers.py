@@ -2,7 +2,7 @@
 
 Layers, bottom to top (pyproject.toml maps the design's top-level folders into ``ideaforge``):
   bottom     ideaforge.{models,names,config,rewards,ranking} and ``ideaforge`` itself
-  libraries  ideaforge.{patch,run,store,track,llm,report,research_envs}: the bottom and each other, no cycles
+  libraries  ideaforge.{patch,run,store,track,llm,report,rl,research_envs}: the bottom and each other, no cycles
   activities ideaforge.activities
   workflows  ideaforge.workflows: ONLY the stdlib, temporalio, pydantic and the bottom (they must replay)
   workers    ideaforge.workers
@@ -30,7 +30,7 @@ PACKAGES: list[str] = PYPROJECT["tool"]["setuptools"]["packages"]
 
 BOTTOM = {"ideaforge", "ideaforge.models", "ideaforge.names", "ideaforge.config", "ideaforge.rewards",
           "ideaforge.ranking"}  # fmt: skip
-LIBRARIES = ("patch", "run", "store", "track", "llm", "report", "research_envs")
+LIBRARIES = ("patch", "run", "store", "track", "llm", "report", "rl", "research_envs")
 RANK = {"bottom": 0, "library": 1, "activities": 2, "workflows": 3, "workers": 4, "cli": 5}
 WORKFLOW_THIRD_PARTY = {"temporalio", "pydantic"}
 FOLDER_NAMES = ("workflows", "activities", "workers", "research_envs")

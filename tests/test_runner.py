@@ -25,8 +25,9 @@ from ideaforge.config import Settings
 from ideaforge.models import ArtifactRef, CurvePoint, Progress, RunRequest, RunResult
 from ideaforge.names import RUN_EXPERIMENT
 from ideaforge.patch.package import pack_tree
+from ideaforge.run.codetree import restore_protected
 from ideaforge.run.devices import DevicePool, cpu_slots, parse_gpu_list
-from ideaforge.run.runner import ExperimentRunner, RunCancelled, downsample, restore_protected
+from ideaforge.run.runner import ExperimentRunner, RunCancelled, downsample
 from ideaforge.store.artifacts import LocalStore
 
 ENVS = Path(__file__).resolve().parent / "fixtures" / "envs"
@@ -124,7 +125,7 @@ def test_baseline_ok(rig):
     assert "===== train =====" in log and "eval loss 0.210826" in log
     assert beats and beats[-1].checkpoint is not None and beats[-1].checkpoint_step == 10
     assert (
-        rig.settings.home / "data" / "toy_quad" / "default" / "problem.json"
+        rig.settings.home / "data" / "toy_quad" / "default" / "train" / "problem.json"
     ).is_file()  # prepare_command ran
     assert _work_dirs(rig) == []
 
@@ -136,9 +137,8 @@ def test_prepare_runs_once(rig):
     first = marker.stat().st_mtime_ns
     rig.run(code, profile="smoke")
     assert marker.stat().st_mtime_ns == first
-    assert (rig.settings.home / "data" / "toy_quad" / "smoke" / "prepare.log").read_text().count(
-        "prepared"
-    ) == 1
+    log = (rig.settings.home / "data" / "toy_quad" / "smoke" / "prepare.log").read_text()
+    assert log.count("prepared") == 2  # one line for IDEAFORGE_DATA, one for IDEAFORGE_EVAL_DATA, once
 
 
 def test_knobs_change_the_metric(rig):
@@ -207,17 +207,28 @@ def test_packaged_evaluator_overwrite_is_undone(rig):
     assert res.metric == pytest.approx(BASELINE_METRIC, rel=1e-9)
 
 
-def test_training_that_edits_the_shared_data_fails_and_the_cache_is_rebuilt(rig):
-    data = rig.settings.home / "data" / "toy_quad" / "smoke"
+def test_training_cannot_edit_the_shared_data(rig):
+    data = rig.settings.home / "data" / "toy_quad" / "smoke" / "train"
     poison = "    (Path(os.environ['IDEAFORGE_DATA']) / 'problem.json').write_text('{}')\n"
     train = (
         (TOY.baseline / "train.py").read_text().replace("    save(w, out)\n", "    save(w, out)\n" + poison)
     )
     res = rig.run(rig.code(files={"train.py": train}), profile="smoke")
-    assert res.category == "eval_failed" and "problem.json" in res.error
-    assert not (data / ".prepared").exists() and not (data / "problem.json").exists()
-    ok = rig.run(rig.code(), profile="smoke")  # prepares again
-    assert ok.status == "ok" and '"target"' in (data / "problem.json").read_text()
+    assert res.category == "crashed" and "Read-only file system" in res.error
+    assert '"target"' in (data / "problem.json").read_text()
+
+
+def test_changed_data_cache_is_detected_and_rebuilt(rig):
+    """Second line of defence: a prepared file changed behind the runner's back is detected and rebuilt."""
+    ok = rig.run(rig.code(), profile="smoke")
+    root = rig.settings.home / "data" / "toy_quad" / "smoke"
+    (root / "train" / "problem.json").write_text("{}")
+    env = rig.runner.load("toy_quad")
+    assert rig.runner.data.tampered(env, "smoke") == ["problem.json"]
+    assert not (root / ".prepared").exists() and not (root / "train").exists()
+    again = rig.run(rig.code(), profile="smoke")  # prepares again
+    assert again.status == ok.status == "ok" and again.metric == ok.metric
+    assert '"target"' in (root / "train" / "problem.json").read_text()
 
 
 def test_implausible_metric_is_flagged(rig):
@@ -276,7 +287,7 @@ def test_failed_workdir_kept_on_request(rig, monkeypatch):
 _SHOW_ENV = (
     "    import sys\n"
     "    keys = ['IDEAFORGE_SEED', 'IDEAFORGE_OUT', 'IDEAFORGE_DATA', 'IDEAFORGE_THREADS', 'IDEAFORGE_DEVICE',\n"
-    "            'CUDA_VISIBLE_DEVICES', 'IDEAFORGE_STEPS', 'OMP_NUM_THREADS', 'IDEAFORGE_RESUME']\n"
+    "            'CUDA_VISIBLE_DEVICES', 'IDEAFORGE_STEPS', 'OMP_NUM_THREADS', 'IDEAFORGE_RESUME', 'IDEAFORGE_EVAL_DATA']\n"
     "    print('ENV', json.dumps({k: os.environ.get(k) for k in keys}), 'CWD', os.getcwd(), 'PY', sys.executable)\n"
 )
 
@@ -305,7 +316,8 @@ def test_protocol_environment_of_training(rig):
     )
     assert seen["IDEAFORGE_DEVICE"] == "cpu" and seen["CUDA_VISIBLE_DEVICES"] == ""
     assert seen["IDEAFORGE_THREADS"] == seen["OMP_NUM_THREADS"] == str(rig.runner.threads)
-    assert seen["IDEAFORGE_DATA"] == str(rig.settings.home / "data" / "toy_quad" / "smoke")
+    assert seen["IDEAFORGE_DATA"] == str(rig.settings.home / "data" / "toy_quad" / "smoke" / "train")
+    assert "IDEAFORGE_EVAL_DATA" not in seen or seen["IDEAFORGE_EVAL_DATA"] is None
     out, cwd = Path(seen["IDEAFORGE_OUT"]), Path(seen["cwd"])
     assert cwd not in out.parents and out != cwd  # outputs live outside the work dir
     assert seen["py"] == rig.runner.python
@@ -576,14 +588,19 @@ def test_activity_bad_request_is_non_retryable(rig):
 class _FlakyRunner(ExperimentRunner):
     """Attempt 1 dies of a simulated infrastructure error right after its first checkpoint heartbeat."""
 
-    async def run(self, req, *, heartbeat=None, resume=None, cancel_event=None, device_ids=None):
+    async def run(self, req, *, resolved=None, heartbeat=None, resume=None, cancel_event=None, device_ids=None):
         from temporalio import activity
 
         from ideaforge.run.runner import RunnerError
 
         if activity.info().attempt > 1:
             return await super().run(
-                req, heartbeat=heartbeat, resume=resume, cancel_event=cancel_event, device_ids=device_ids
+                req,
+                resolved=resolved,
+                heartbeat=heartbeat,
+                resume=resume,
+                cancel_event=cancel_event,
+                device_ids=device_ids,
             )
         crash = threading.Event()
 
@@ -639,3 +656,21 @@ def test_retry_resumes_from_checkpoint_through_temporal(tmp_path, temporal_env):
     res = asyncio.run(main())
     assert res.status == "ok" and res.resumed_from_step == 5
     assert res.curve[0].step == 6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tiny_gpt", "tiny_grpo"])
+def test_cpu_envs_run_in_the_sandbox(name, tmp_path):
+    """The CPU envs' smoke profiles through the real runner: prepare, train and a locked evaluation, sandboxed."""
+    settings = Settings(home=tmp_path / "home", train_slots=1)
+    store = LocalStore(tmp_path / "artifacts")
+    env = load_env(name)
+    code = store.put_bytes(pack_tree(env.baseline), "code")
+    runner = ExperimentRunner(settings, store, grace_s=0.5)
+    req = RunRequest(campaign="t", idea_id="smoke", env=name, code=code, profile="smoke")
+    res = asyncio.run(runner.run(req))
+    assert res.status == "ok" and not res.unsafe, res.error
+    lo, hi = env.spec.plausible_range
+    assert lo <= res.metric <= hi
+    eval_data = settings.home / "data" / name / "smoke" / "eval"
+    assert any(eval_data.iterdir())  # the held-out data lives apart from IDEAFORGE_DATA

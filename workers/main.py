@@ -27,6 +27,7 @@ from ideaforge import names
 from ideaforge.config import Settings
 from ideaforge.models import training_queue
 from ideaforge.run.devices import DevicePool, cpu_slots, detect_gpus
+from ideaforge.run.sandbox import SandboxUnavailable, check_sandbox
 from ideaforge.store.artifacts import open_store
 
 log = logging.getLogger("ideaforge.worker")
@@ -70,6 +71,7 @@ def build_workers(client: Client, settings: Settings, queues: list[str], slots: 
         )
     for q in queues:
         if q == "cpu-train" or q.startswith("gpu-"):
+            require_sandbox(q)
             if q.startswith("gpu-"):
                 gpus = detect_gpus()
                 n = slots or len(gpus) or 1
@@ -92,6 +94,16 @@ def build_workers(client: Client, settings: Settings, queues: list[str], slots: 
     if not workers:
         raise SystemExit(f"no known queue in {queues}: use orchestrator, cpu, cpu-train or gpu-<type>")
     return workers
+
+
+def require_sandbox(queue: str) -> None:
+    """Refuse to serve a training queue where generated code cannot be sandboxed (no silent fallback)."""
+    try:
+        mode = check_sandbox()
+    except SandboxUnavailable as e:
+        raise SystemExit(f"refusing to serve training queue {queue}: the sandbox cannot be set up: {e}") from e
+    if mode == "unsafe":
+        log.warning("training queue %s runs generated code WITHOUT a sandbox: every result is tagged unsafe", queue)
 
 
 def _graceful():

@@ -674,6 +674,50 @@ def export(
     _exit(OK)
 
 
+@app.command("rl")
+def rl(
+    export_dir: Path = typer.Argument(..., help="an `ideaforge export` folder (or its ideas.jsonl)"),
+    run_name: str = typer.Option(..., "--run", help="RL run name; a run of the same name resumes"),
+    steps: int = typer.Option(30, help="GRPO steps"),
+    model: Path | None = typer.Option(None, help="local model folder (default: a tiny model built locally)"),
+    group: int = typer.Option(8, help="ideas sampled per prompt"),
+    novelty: float = typer.Option(0.0, help="anti-collapse novelty bonus weight (0 = plain GRPO)"),
+    best_of_group: bool = typer.Option(False, help="anti-collapse: reward each group's best idea(s) only"),
+    max_completion: int = typer.Option(256, help="max tokens per sampled idea"),
+    out: Path | None = typer.Option(None, help="work folder (default: IDEAFORGE_HOME/rl/<run>)"),
+) -> None:
+    """Offline GRPO of the ideator on an export: LoRA adapters, collapse metrics per step in MLflow."""
+    from pydantic import ValidationError
+
+    from ideaforge.rl.offline import train_offline
+    from ideaforge.rl.trainer import RLConfig
+    from ideaforge.store.artifacts import open_store
+
+    settings = Settings.from_env()
+    try:
+        cfg = RLConfig(
+            run_name=run_name,
+            steps=steps,
+            num_generations=group,
+            novelty_weight=novelty,
+            group_reward="best" if best_of_group else "raw",
+            max_completion_length=max_completion,
+        )
+    except ValidationError as e:
+        _fail(REFUSED, f"bad RL settings: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}")
+    work = out or settings.home / "rl" / run_name
+    try:
+        res = train_offline(
+            export_dir, cfg, work, model_path=model, store=open_store(settings), mlflow_uri=settings.mlflow_uri
+        )
+    except (OSError, ValueError) as e:
+        _fail(REFUSED, f"cannot train: {e}")
+    console.print(
+        f"{res.steps_done} steps; adapter {res.adapter_dir}; plots {work / 'report'}; mlflow run {res.mlflow_run_id}"
+    )
+    _exit(OK)
+
+
 def first_sentence(text: str, limit: int = 90) -> str:
     """The first sentence of ``text`` (whitespace folded), cut at a word boundary with an ellipsis."""
     flat = " ".join(text.split())

@@ -83,8 +83,23 @@ def _reap(pid: int) -> None:
         pass
 
 
+def alive(pid: int) -> bool:
+    """True while process ``pid`` exists and is not a zombie (a process in the middle of exec is alive)."""
+    _reap(pid)
+    proc = Path(f"/proc/{pid}")
+    if proc.is_dir():
+        try:
+            return (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+        except OSError:
+            return False
+    return proc_cmdline(pid) is not None
+
+
 def proc_cmdline(pid: int) -> list[str] | None:
-    """The argv of a live process, or None when there is no such process (zombies count as gone)."""
+    """The argv of a live process, or None when there is no such process (zombies count as gone).
+
+    A live process can briefly show an empty cmdline while it execs: that is ``[]``, not None.
+    """
     _reap(pid)
     proc = Path(f"/proc/{pid}")
     if proc.is_dir():
@@ -95,7 +110,7 @@ def proc_cmdline(pid: int) -> list[str] | None:
             raw = (proc / "cmdline").read_bytes()
         except OSError:
             return None
-        return [a.decode(errors="replace") for a in raw.split(b"\0")[:-1]] or None
+        return [a.decode(errors="replace") for a in raw.split(b"\0")[:-1]]
     if sys.platform.startswith("linux"):
         return None
     out = subprocess.run(["ps", "-o", "stat=,command=", "-p", str(pid)], capture_output=True, text=True)
@@ -140,10 +155,10 @@ def spawn_daemon(argv: list[str], log_path: Path, env: Mapping[str, str], cwd: P
 def _wait_gone(rec: PidRecord, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if proc_cmdline(rec.pid) is None:
+        if not alive(rec.pid):
             return True
         time.sleep(0.05)
-    return proc_cmdline(rec.pid) is None
+    return not alive(rec.pid)
 
 
 def stop_process(rec: PidRecord, timeout_s: float = 10.0) -> bool:

@@ -322,8 +322,8 @@ def wait_healthy(
                 pending.remove(name)
                 continue
             rec = procs.read_pid(pid_path(settings, name))
-            # gone, not merely between fork and exec (its cmdline is then still the parent's)
-            if rec is not None and procs.proc_cmdline(rec.pid) is None:
+            # gone, not merely between fork and exec, nor in exec (its cmdline can then read empty)
+            if rec is not None and not procs.alive(rec.pid):
                 pid_path(settings, name).unlink(missing_ok=True)
                 raise StackError(_died(settings, name, rec.pid))
         if pending and time.monotonic() > deadline:

@@ -1,69 +1,134 @@
-"""Train one patched codebase and score it with the env's locked evaluator (research_envs/PROTOCOL.md).
+"""Train one patched codebase in a sandbox and score it with the env's locked evaluator in a fresh one.
 
-Idea failures (crash, timeout, NaN, bad metric, output flood) come back as a failed :class:`RunResult` with a
-category. Only infrastructure problems raise: storage errors, a failing prepare_command, a broken env spec,
-cancellation (:class:`RunCancelled` or ``asyncio.CancelledError``).
+One attempt, in order (research_envs/PROTOCOL.md):
+
+1. resolve the env and its resources once (:meth:`ExperimentRunner.resolve`);
+2. prepare the env's data once per machine (:mod:`ideaforge.run.datacache`);
+3. unpack the package; refuse files that would shadow a module the evaluator imports; restore protected files;
+   remove eval-only files; train in the sandbox (:mod:`ideaforge.run.sandbox`) with the training data
+   read-only and only the attempt's ``code`` and ``out`` writable; stream checkpoints to the store;
+4. evaluate in a fresh sandbox (another uid): a fresh unpack with the protected files restored and checked
+   against the env's ``protected.lock``, an isolated interpreter (``python -I``), training outputs and data
+   read-only, held-out data visible only here, the metric file in a directory only this step can write;
+5. check the metric (:mod:`ideaforge.run.metrics`) and store the log.
+
+Idea failures come back as a failed :class:`RunResult` with a category. Only infrastructure problems raise:
+storage errors, a failing prepare_command, a broken env, a sandbox that cannot be set up
+(:class:`~ideaforge.run.sandbox.SandboxUnavailable`), cancellation (:class:`RunCancelled`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import io
-import json
 import logging
-import math
 import os
 import re
 import shutil
 import socket
 import sys
-import tempfile
 import threading
 import time
 import uuid
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ideaforge.config import Settings
-from ideaforge.models import (
-    ArtifactRef,
-    CurvePoint,
-    FailureCategory,
-    Progress,
-    Resources,
-    RunRequest,
-    RunResult,
+from ideaforge.models import ArtifactRef, FailureCategory, Progress, Resources, RunRequest, RunResult
+from ideaforge.research_envs.registry import EnvError, ResearchEnv, load_env
+from ideaforge.run.codetree import remove_files, restore_protected, shadowing_files, unpack_code
+from ideaforge.run.datacache import DataCache, PrepareError
+from ideaforge.run.metrics import read_metric_file
+from ideaforge.run.protocol import (
+    TrainState,
+    cap_text,
+    checkpoint_of,
+    downsample,
+    error_tail,
+    is_protocol_line,
+    parse_line,
+    read_capped,
 )
-from ideaforge.patch.package import unpack_zip
-from ideaforge.research_envs.registry import ResearchEnv, files_digest, load_env
-from ideaforge.run.sandbox import Cancellable, SandboxResult, run_sandboxed, scrubbed_env
+from ideaforge.run.sandbox import (
+    Box,
+    Cancellable,
+    Limits,
+    SandboxResult,
+    check_sandbox,
+    gpu_device_nodes,
+    run_sandboxed,
+    scrubbed_env,
+)
 from ideaforge.store.artifacts import ObjectStore, StorageError
+
+__all__ = ["ExperimentRunner", "PrepareError", "Resolved", "RunCancelled", "RunnerError", "downsample"]
 
 log = logging.getLogger(__name__)
 
-PROGRESS_PREFIX = "IDEAFORGE_PROGRESS "
-CHECKPOINT_PREFIX = "IDEAFORGE_CHECKPOINT "
-PREPARE_TIMEOUT_S = 3600.0
-MAX_CURVE_POINTS = 500
-MAX_UNZIPPED_BYTES = 1024**3
-ERROR_TAIL_LINES = 40
-ERROR_TAIL_CHARS = 4000
+MB = 1024 * 1024
+EVAL_WRITE_BYTES = 64 * MB
+# runs the evaluator under `python -I` (no cwd, no PYTHON* variables, no user site on sys.path) with the
+# evaluation tree appended at the END of sys.path: the stdlib and installed packages always win
+_EVAL_BOOT = (
+    "import os, runpy, sys\n"
+    "sys.path.append(os.getcwd())\n"
+    "kind, target = sys.argv[1], sys.argv[2]\n"
+    "sys.argv = [target, *sys.argv[3:]]\n"
+    "if kind == 'module':\n"
+    "    runpy.run_module(target, run_name='__main__', alter_sys=True)\n"
+    "else:\n"
+    "    runpy.run_path(target, run_name='__main__')\n"
+)
 
 
 class RunnerError(RuntimeError):
     """An infrastructure problem (not the idea's fault): Temporal should retry the attempt."""
 
 
-class PrepareError(RunnerError):
-    """The env's prepare_command failed on this machine."""
-
-
 class RunCancelled(Exception):  # noqa: N818 - reads better at the raise site
-    """The caller's ``cancel_event`` stopped the run; the process group is already dead."""
+    """The caller's ``cancel_event`` stopped the run; the process tree is already dead."""
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """An attempt's env and resources, looked up once."""
+
+    env: ResearchEnv
+    profile: str
+    resources: Resources
+
+
+@dataclass(frozen=True)
+class AttemptDirs:
+    """Where one attempt's files live (``root`` itself is never bound into a sandbox)."""
+
+    root: Path
+
+    @property
+    def code(self) -> Path:
+        return self.root / "train" / "code"
+
+    @property
+    def out(self) -> Path:
+        return self.root / "train" / "out"
+
+    @property
+    def eval_code(self) -> Path:
+        return self.root / "eval" / "code"
+
+    @property
+    def metric_dir(self) -> Path:
+        return self.root / "eval" / "metric"
+
+    @property
+    def train_log(self) -> Path:
+        return self.root / "train.log"
+
+    @property
+    def eval_log(self) -> Path:
+        return self.root / "eval.log"
 
 
 class _Stop:
@@ -81,103 +146,43 @@ class _Stop:
         return self.internal.is_set() or self.cancelled
 
 
-@dataclass
-class _Train:
-    """What the training's protocol lines told us."""
-
-    progress: Progress
-    curve: list[CurvePoint] = field(default_factory=list)
-    nan_step: int | None = None
-    last_beat: float = 0.0
-
-
 def safe_name(text: str) -> str:
     """A file-name-safe version of an idea id (``campaign-x/e001/i02`` -> ``campaign-x_e001_i02``)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[:80] or "idea"
 
 
-def downsample(points: list[CurvePoint], cap: int = MAX_CURVE_POINTS) -> list[CurvePoint]:
-    """At most ``cap`` points per key, evenly spaced, always keeping each key's first and last point."""
-    by_key: dict[str, list[CurvePoint]] = {}
-    for p in points:
-        by_key.setdefault(p.key, []).append(p)
-    per_key = max(2, cap // max(1, len(by_key)))
-    out: list[CurvePoint] = []
-    for pts in by_key.values():
-        if len(pts) <= per_key:
-            out.extend(pts)
-        else:
-            idx = sorted({round(i * (len(pts) - 1) / (per_key - 1)) for i in range(per_key)})
-            out.extend(pts[i] for i in idx)
-    return out
+def machine_memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 8 * 1024**3
 
 
-def cap_text(data: bytes, cap: int) -> bytes:
-    """Head and tail of ``data`` when it is longer than ``cap`` bytes."""
-    if len(data) <= cap:
-        return data
-    head, tail = cap // 5, cap - cap // 5
-    return data[:head] + f"\n[... {len(data) - cap} bytes omitted ...]\n".encode() + data[-tail:]
+def tree_limits(res: Resources, *, wall_s: float, write_bytes: int) -> Limits:
+    """Limits for one sandboxed step of an attempt; GPU envs get memory, process and CPU limits too."""
+    return Limits(
+        wall_s=wall_s,
+        cpu_s=res.cpu_time_limit_s or res.time_limit_s * (os.cpu_count() or 1),
+        memory_bytes=(res.memory_limit_mb * MB) if res.memory_limit_mb else machine_memory_bytes() * 3 // 4,
+        max_pids=res.max_processes,
+        output_bytes=int(res.max_output_mb * MB),
+        file_bytes=write_bytes,
+        write_bytes=write_bytes,
+    )
 
 
-def error_tail(log_path: Path) -> str:
-    """Last lines of a log without protocol lines: the traceback of a crash."""
-    if not log_path.is_file():
-        return ""
-    with open(log_path, "rb") as f:
-        f.seek(max(0, log_path.stat().st_size - 64 * 1024))
-        text = f.read().decode("utf-8", "replace")
-    lines = [ln for ln in text.splitlines() if not ln.startswith((PROGRESS_PREFIX, CHECKPOINT_PREFIX))]
-    return "\n".join(lines[-ERROR_TAIL_LINES:])[-ERROR_TAIL_CHARS:]
-
-
-def restore_protected(workdir: Path, baseline: Path, files: list[str]) -> list[str]:
-    """Copy the pristine protected files over ``workdir``; returns those that differed. Symlinks are replaced."""
-    changed: list[str] = []
-    for rel in files:
-        src, dst = baseline / rel, workdir / rel
-        parent = workdir
-        for part in Path(rel).parent.parts:  # a parent replaced by a symlink or a file is removed
-            parent = parent / part
-            if parent.is_symlink() or (parent.exists() and not parent.is_dir()):
-                parent.unlink()
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if dst.is_symlink() or dst.is_file():
-            if dst.is_symlink() or dst.read_bytes() != src.read_bytes():
-                changed.append(rel)
-            dst.unlink()
-        elif dst.exists():
-            shutil.rmtree(dst)
-            changed.append(rel)
-        else:
-            changed.append(rel)
-        shutil.copy2(src, dst)
-    return changed
-
-
-def data_manifest(data: Path) -> dict[str, list[int]]:
-    """(size, ctime_ns) of every regular file under ``data``; ctime cannot be set back by a process."""
-    out: dict[str, list[int]] = {}
-    for p in sorted(data.rglob("*")):
-        rel = p.relative_to(data).as_posix()
-        if rel in (".prepared", "prepare.log") or rel.endswith(".lock") or p.is_symlink() or not p.is_file():
-            continue
-        st = p.stat()
-        out[rel] = [st.st_size, st.st_ctime_ns]
-    return out
-
-
-def unpack_code(data: bytes, dest: Path) -> None:
-    """Extract a code zip, refusing oversized archives (and, via unpack_zip, escaping paths)."""
-    with zipfile.ZipFile(io.BytesIO(data)) as zf:
-        total = sum(i.file_size for i in zf.infolist())
-    if total > MAX_UNZIPPED_BYTES:
-        raise ValueError(f"code package unpacks to {total} bytes (limit {MAX_UNZIPPED_BYTES})")
-    unpack_zip(data, dest)
+def isolated_eval_argv(command: list[str], python: str) -> list[str]:
+    """``{python} script.py ...`` / ``{python} -m mod ...`` as an isolated-interpreter command."""
+    if len(command) >= 2 and command[0] == "{python}":
+        if command[1] == "-m" and len(command) >= 3:
+            return [python, "-I", "-c", _EVAL_BOOT, "module", command[2], *command[3:]]
+        if not command[1].startswith("-"):
+            return [python, "-I", "-c", _EVAL_BOOT, "path", command[1], *command[2:]]
+    raise EnvError(f"eval_command must be ['{{python}}', 'script.py', ...] or ['{{python}}', '-m', 'module', ...]: {command}")
 
 
 class ExperimentRunner:
-    """Runs experiments for one worker: prepare (once per env), train, restore, evaluate, report."""
+    """Runs experiments for one worker: prepare (once per env), train, evaluate, report."""
 
     def __init__(
         self,
@@ -200,6 +205,7 @@ class ExperimentRunner:
         self.log_cap_bytes = log_cap_bytes
         self.grace_s = grace_s
         self.worker = settings.worker_identity or f"{socket.gethostname()}:{os.getpid()}"
+        self.data = DataCache(settings.home)
 
     # ------------------------------------------------------------------ public
 
@@ -207,10 +213,21 @@ class ExperimentRunner:
         """The env named ``name`` (raises registry.EnvError with a clear message)."""
         return load_env(name, self.settings.env_paths)
 
+    def resolve(self, req: RunRequest) -> Resolved:
+        """The env and resources of ``req``; raises EnvError / ValueError for a bad request."""
+        env = self.load(req.env)
+        if req.profile not in env.spec.profiles:
+            raise ValueError(
+                f"env {env.spec.name!r} has no profile {req.profile!r}; profiles: {sorted(env.spec.profiles)}"
+            )
+        env.pinned()  # an env without a lock is refused before anything runs
+        return Resolved(env=env, profile=req.profile, resources=env.spec.resources_for(req.profile))
+
     async def run(
         self,
         req: RunRequest,
         *,
+        resolved: Resolved | None = None,
         heartbeat: Callable[[Progress], None] | None = None,
         resume: Progress | None = None,
         cancel_event: Cancellable | None = None,
@@ -218,134 +235,71 @@ class ExperimentRunner:
     ) -> RunResult:
         """Prepare, train, evaluate ``req``; see the module docstring for what raises."""
         t0 = time.monotonic()
-        env = self.load(req.env)
-        spec = env.spec
-        if req.profile not in spec.profiles:
-            raise ValueError(
-                f"env {spec.name!r} has no profile {req.profile!r}; profiles: {sorted(spec.profiles)}"
-            )
+        mode = check_sandbox()
+        plan = resolved or self.resolve(req)
         stop = _Stop(cancel_event)
-        await self._guarded(asyncio.to_thread(self.prepare, env, req.profile, stop), stop)
-        if stop.cancelled:
+        ready = await self._guarded(asyncio.to_thread(self.prepare, plan.env, plan.profile, stop), stop)
+        if stop.cancelled or not ready:
             raise RunCancelled("cancelled while preparing the env")
-        attempt = self.settings.home / "work" / f"{safe_name(req.idea_id)}-{uuid.uuid4().hex[:8]}"
+        dirs = AttemptDirs(self.settings.home / "work" / f"{safe_name(req.idea_id)}-{uuid.uuid4().hex[:8]}")
         failed = True
         try:
-            result = await self._run_in(attempt, env, req, heartbeat, resume, stop, device_ids or [])
+            result = await self._attempt(dirs, plan, req, heartbeat, resume, stop, device_ids or [])
+            result.unsafe = mode == "unsafe"
             failed = result.status != "ok"
             result.wall_s = time.monotonic() - t0
             return result
         finally:
             if failed and os.environ.get("IDEAFORGE_KEEP_WORKDIRS") == "1":
-                log.info("keeping work dir %s", attempt)
+                log.info("keeping work dir %s", dirs.root)
             else:
-                shutil.rmtree(attempt, ignore_errors=True)
+                shutil.rmtree(dirs.root, ignore_errors=True)
 
-    def prepare(self, env: ResearchEnv, profile: str = "default", stop: Cancellable | None = None) -> Path:
-        """Run the env's prepare_command once per machine and profile (file lock + ``.prepared`` marker), with
-        the profile's variables (a smoke profile prepares small local data); returns the data dir."""
-        data = self.data_dir(env, profile)
-        data.mkdir(parents=True, exist_ok=True)
-        marker = data / ".prepared"
-        if not env.spec.prepare_command or marker.is_file():
-            return data
-        with open(data / ".lock", "w") as lock:
-            while True:
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if stop is not None and stop.is_set():
-                        return data
-                    time.sleep(0.2)
-            if marker.is_file():  # prepared by someone else while we waited
-                return data
-            with tempfile.TemporaryDirectory(prefix=f"prepare-{env.spec.name}-") as tmp:
-                cwd = Path(tmp) / "code"
-                shutil.copytree(env.baseline, cwd)  # the pristine baseline: an idea never writes the cache
-                (Path(tmp) / "out").mkdir()
-                argv = self._argv(env.spec.prepare_command)
-                extra = {
-                    **env.spec.profiles.get(profile, {}),
-                    "IDEAFORGE_SEED": "0",
-                    "IDEAFORGE_OUT": str(Path(tmp) / "out"),
-                    "IDEAFORGE_DATA": str(data),
-                    "IDEAFORGE_DEVICE": "cuda" if env.spec.resources_for(profile).device == "gpu" else "cpu",
-                    **self._thread_vars(),
-                }
-                res = run_sandboxed(
-                    argv,
-                    cwd,
-                    scrubbed_env(extra),
-                    PREPARE_TIMEOUT_S,
-                    log_path=data / "prepare.log",
-                    cancel_event=stop,
-                    network=True,
-                    grace_s=self.grace_s,
-                )
-            if res.cancelled:
-                return data
-            if not res.ok:
-                why = "timed out" if res.timed_out else f"exit status {res.returncode}"
-                raise PrepareError(
-                    f"prepare_command of env {env.spec.name!r} failed ({why}):\n{error_tail(data / 'prepare.log')}"
-                )
-            marker.write_text(
-                json.dumps(
-                    {"command": env.spec.prepare_command, "at": time.time(), "files": data_manifest(data)}
-                )
+    def prepare(self, env: ResearchEnv, profile: str = "default", stop: Cancellable | None = None) -> bool:
+        """Prepare the env's data for ``profile`` once per machine; False when cancelled while waiting."""
+        gpu = env.spec.resources_for(profile).device == "gpu"
+        env_vars = {
+            **env.spec.profiles.get(profile, {}),
+            **self._host_paths(env),
+            **self._thread_vars(),
+            "IDEAFORGE_SEED": "0",
+            "IDEAFORGE_DEVICE": "cuda" if gpu else "cpu",
+            "HOME": "/tmp",
+            "TMPDIR": "/tmp",
+        }
+
+        def run(argv: list[str], box: Box, extra: dict[str, str], limits: Limits, log_path: Path) -> SandboxResult:
+            box.readonly.extend(self._host_path_dirs(env))
+            return run_sandboxed(
+                self._argv(argv),
+                box,
+                scrubbed_env({**env_vars, **extra}),
+                limits,
+                log_path=log_path,
+                cancel_event=stop,
+                grace_s=self.grace_s,
+                python=self.python,
             )
-            log.info("prepared env %s in %s", env.spec.name, data)
-        return data
 
-    def data_dir(self, env: ResearchEnv, profile: str = "default") -> Path:
-        return self.settings.home / "data" / env.spec.name / profile
-
-    def data_tampered(self, env: ResearchEnv, profile: str = "default") -> list[str]:
-        """Prepared files of IDEAFORGE_DATA that were changed or deleted since prepare (new files are fine).
-
-        When there are any, the cache is wiped so that the next run prepares it afresh.
-        """
-        data = self.data_dir(env, profile)
-        try:
-            prepared = json.loads((data / ".prepared").read_text()).get("files") or {}
-        except (OSError, ValueError, AttributeError):
-            return []
-        now = data_manifest(data)
-        changed = sorted(rel for rel, meta in prepared.items() if now.get(rel) != meta)
-        if changed:
-            log.error(
-                "env %s: shared data changed after prepare: %s; wiping %s", env.spec.name, changed[:10], data
-            )
-            with open(data / ".lock", "w") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                (data / ".prepared").unlink(missing_ok=True)
-                for child in data.iterdir():
-                    if child.name == ".lock":
-                        continue
-                    if child.is_dir() and not child.is_symlink():
-                        shutil.rmtree(child)
-                    else:
-                        child.unlink()
-        return changed
+        return self.data.prepare(env, profile, run, env_vars, stop)
 
     # ------------------------------------------------------------------ one attempt
 
-    async def _run_in(
+    async def _attempt(
         self,
-        attempt: Path,
-        env: ResearchEnv,
+        dirs: AttemptDirs,
+        plan: Resolved,
         req: RunRequest,
         heartbeat: Callable[[Progress], None] | None,
         resume: Progress | None,
         stop: _Stop,
         device_ids: list[int],
     ) -> RunResult:
-        spec, res_spec = env.spec, env.spec.resources_for(req.profile)
-        code, out, tmp = attempt / "code", attempt / "out", attempt / "tmp"
-        for d in (out, tmp):
+        env, spec, res = plan.env, plan.env.spec, plan.resources
+        for d in (dirs.code.parent, dirs.out, dirs.eval_code.parent, dirs.metric_dir):
             d.mkdir(parents=True, exist_ok=True)
-        device = "cpu" if res_spec.device == "cpu" else "cuda:" + ",".join(map(str, device_ids))
+        gpu = res.device == "gpu"
+        device = "cuda:" + ",".join(map(str, device_ids)) if gpu else "cpu"
         base = RunResult(status="failed", worker=self.worker, device=device)
 
         try:
@@ -353,160 +307,110 @@ class ExperimentRunner:
         except StorageError as e:
             raise RunnerError(f"cannot fetch code package {req.code.uri}: {e}") from e
         try:
-            unpack_code(zip_bytes, code)
+            unpack_code(zip_bytes, dirs.code)
         except (ValueError, zipfile.BadZipFile, OSError) as e:
             return self._fail(base, "crashed", f"invalid code package {req.code.uri}: {e}")
-        missing = [f for f in spec.editable_files if not (code / f).is_file()]
+        missing = [f for f in spec.editable_files if not (dirs.code / f).is_file()]
         if missing:
+            return self._fail(base, "crashed", f"code package does not match env {spec.name!r}: missing {missing}")
+        shadows = shadowing_files(dirs.code, env.baseline)
+        if shadows:
             return self._fail(
-                base, "crashed", f"code package does not match env {spec.name!r}: missing {missing}"
+                base,
+                "protected_file_touched",
+                f"the package adds {shadows}, which would shadow modules the evaluator imports; refused",
             )
-        tampered = restore_protected(code, env.baseline, spec.protected_files)
+        tampered = restore_protected(dirs.code, env.baseline, spec.protected_files)
         if tampered:
-            log.warning(
-                "%s: code package had altered protected files %s; restored them", req.idea_id, tampered
-            )
+            log.warning("%s: code package had altered protected files %s; restored them", req.idea_id, tampered)
+        remove_files(dirs.code, spec.eval_only_files)
 
-        env_vars = self._env_vars(env, req, out, tmp, device_ids)
-        progress = Progress()
+        env_vars = self._env_vars(plan, req, dirs, device_ids)
+        state = TrainState(progress=Progress())
         if resume is not None and resume.checkpoint is not None and spec.checkpointing:
-            path = out / f"resume-{resume.checkpoint_step or 0}.ckpt"
+            path = dirs.out / f"resume-{resume.checkpoint_step or 0}.ckpt"
             try:
                 await asyncio.to_thread(self.store.get_file, resume.checkpoint, path)
                 env_vars["IDEAFORGE_RESUME"] = str(path)
                 base.resumed_from_step = resume.checkpoint_step
-                progress = Progress(
-                    step=resume.checkpoint_step or 0,
-                    checkpoint=resume.checkpoint,
-                    checkpoint_step=resume.checkpoint_step,
+                state.progress = Progress(
+                    step=resume.checkpoint_step or 0, checkpoint=resume.checkpoint, checkpoint_step=resume.checkpoint_step
                 )
             except StorageError as e:
-                log.warning(
-                    "%s: checkpoint %s unavailable (%s); starting from scratch",
-                    req.idea_id,
-                    resume.checkpoint.uri,
-                    e,
-                )
+                log.warning("%s: checkpoint %s unusable (%s); starting from scratch", req.idea_id, resume.checkpoint.uri, e)
 
         # ---- train
-        train_log = attempt / "train.log"
-        state = _Train(progress=progress)
-        t_train = time.monotonic()
-        tres = await self._train(
-            env, res_spec, code, out, env_vars, train_log, state, stop, heartbeat, t_train
+        write_cap = int(res.max_write_mb * MB)
+        train_box = Box(
+            cwd=dirs.code,
+            writable=[dirs.code, dirs.out],
+            readonly=[self.data.train_dir(env, plan.profile), *self._host_path_dirs(env)],
+            devices=gpu_device_nodes(device_ids) if gpu else [],
         )
+        t_train = time.monotonic()
+        tres = await self._train(plan, dirs, train_box, env_vars, tree_limits(res, wall_s=res.time_limit_s,
+                                                                               write_bytes=write_cap),
+                                 state, stop, heartbeat)
         base.train_s = time.monotonic() - t_train
         base.curve = downsample(state.curve)
         if stop.cancelled:
             raise RunCancelled(f"{req.idea_id}: training cancelled")
-        category, error = self._train_failure(tres, state, res_spec.time_limit_s, train_log)
+        category, error = self._train_failure(tres, state, res, dirs.train_log)
         if category:
-            return await self._finish(base, attempt, category, error)
-
-        tampered_data = await asyncio.to_thread(self.data_tampered, env, req.profile)
+            return await self._finish(base, dirs, category, error)
+        tampered_data = await asyncio.to_thread(self.data.tampered, env, plan.profile)
         if tampered_data:
             return await self._finish(
-                base,
-                attempt,
-                "eval_failed",
-                f"training modified the shared data cache IDEAFORGE_DATA: {tampered_data[:10]}",
+                base, dirs, "eval_failed", f"the shared data cache IDEAFORGE_DATA changed during training: {tampered_data[:10]}"
             )
 
-        # ---- evaluate, in a fresh copy of the package with the pristine protected files
+        # ---- evaluate
         t_eval = time.monotonic()
-        evald = attempt / "eval"
-        unpack_code(zip_bytes, evald)
-        restore_protected(evald, env.baseline, spec.protected_files)
-        if files_digest(evald, spec.protected_files) != env.protected_digest():
-            raise RunnerError(
-                f"protected files of env {spec.name!r} do not match after restore (baseline changed?)"
-            )
-        metric_file = attempt / f"metric-{uuid.uuid4().hex}.json"
-        eval_vars = {k: v for k, v in env_vars.items() if k != "IDEAFORGE_RESUME"}
-        eval_vars["IDEAFORGE_METRIC_FILE"] = str(metric_file)
-        eval_log = attempt / "eval.log"
-        eval_timeout = self.eval_timeout_s or max(60.0, res_spec.time_limit_s / 2)
-        eres = await self._guarded(
-            asyncio.to_thread(
-                run_sandboxed,
-                self._argv(spec.eval_command),
-                evald,
-                scrubbed_env(eval_vars),
-                eval_timeout,
-                res_spec.cpu_time_limit_s,
-                res_spec.memory_limit_mb,
-                int(res_spec.max_output_mb * 1024 * 1024),
-                None,
-                eval_log,
-                stop,
-                grace_s=self.grace_s,
-            ),
-            stop,
-        )
+        eres = await self._evaluate(plan, dirs, zip_bytes, env_vars, device_ids, stop)
         base.eval_s = time.monotonic() - t_eval
         if stop.cancelled:
             raise RunCancelled(f"{req.idea_id}: evaluation cancelled")
-        if eres.output_limited:
-            return await self._finish(base, attempt, "output_limit", "evaluation exceeded the output limit")
-        if eres.timed_out:
-            return await self._finish(
-                base, attempt, "eval_failed", f"evaluation timed out after {eval_timeout:.0f}s"
-            )
-        if eres.returncode != 0:
-            return await self._finish(
-                base,
-                attempt,
-                "eval_failed",
-                f"evaluator exited with {eres.returncode}:\n{error_tail(eval_log)}",
-            )
-        return await self._finish_metric(base, attempt, env, metric_file)
+        category, error = self._eval_failure(eres, dirs.eval_log)
+        if category:
+            return await self._finish(base, dirs, category, error)
+        reading = read_metric_file(dirs.metric_dir / "metric.json", spec)
+        base.metrics = reading.metrics
+        if reading.category:
+            return await self._finish(base, dirs, reading.category, reading.error)
+        base.status, base.metric = "ok", reading.value
+        return await self._finish(base, dirs, None, None)
 
     async def _train(
         self,
-        env: ResearchEnv,
-        res_spec: Resources,
-        code: Path,
-        out: Path,
+        plan: Resolved,
+        dirs: AttemptDirs,
+        box: Box,
         env_vars: dict[str, str],
-        log_path: Path,
-        state: _Train,
+        limits: Limits,
+        state: TrainState,
         stop: _Stop,
         heartbeat: Callable[[Progress], None] | None,
-        t0: float,
     ) -> SandboxResult:
         """Run the training command; protocol lines go to an asyncio queue handled on the event loop."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[str | None] = asyncio.Queue()
+        last_beat = [0.0]
 
         def on_line(line: str) -> None:  # sandbox thread
-            if line.startswith((PROGRESS_PREFIX, CHECKPOINT_PREFIX)):
+            if is_protocol_line(line):
                 loop.call_soon_threadsafe(queue.put_nowait, line)
 
         async def consume() -> None:
             while (line := await queue.get()) is not None:
                 try:
-                    await self._handle_line(line, env, code, out, state, stop, heartbeat, t0)
+                    await self._handle_line(line, plan, dirs, state, stop, heartbeat, last_beat)
                 except Exception:  # noqa: BLE001 - a bad protocol line must not kill the run
                     log.warning("ignoring protocol line %r", line[:200], exc_info=True)
 
         consumer = asyncio.create_task(consume())
         try:
-            return await self._guarded(
-                asyncio.to_thread(
-                    run_sandboxed,
-                    self._argv(env.spec.run_command),
-                    code,
-                    scrubbed_env(env_vars),
-                    res_spec.time_limit_s,
-                    res_spec.cpu_time_limit_s,
-                    res_spec.memory_limit_mb,
-                    int(res_spec.max_output_mb * 1024 * 1024),
-                    on_line,
-                    log_path,
-                    stop,
-                    grace_s=self.grace_s,
-                ),
-                stop,
+            return await self._sandboxed(
+                plan.env.spec.run_command, box, env_vars, limits, dirs.train_log, stop, on_line=on_line
             )
         finally:
             queue.put_nowait(None)
@@ -519,128 +423,167 @@ class ExperimentRunner:
     async def _handle_line(
         self,
         line: str,
-        env: ResearchEnv,
-        code: Path,
-        out: Path,
-        state: _Train,
+        plan: Resolved,
+        dirs: AttemptDirs,
+        state: TrainState,
         stop: _Stop,
         heartbeat: Callable[[Progress], None] | None,
-        t0: float,
+        last_beat: list[float],
     ) -> None:
-        prefix = PROGRESS_PREFIX if line.startswith(PROGRESS_PREFIX) else CHECKPOINT_PREFIX
-        data = json.loads(line[len(prefix) :])
-        if not isinstance(data, dict):
-            raise ValueError("protocol payload is not a JSON object")
-        p = state.progress
+        parsed = parse_line(line)
+        if parsed is None:
+            return
+        kind, data = parsed
         now = time.monotonic()
-        if prefix == PROGRESS_PREFIX:
-            step = int(data.get("step", p.step))
-            loss = _number(data.get("loss"))
-            for k, v in data.items():
-                x = _number(v)
-                # non-finite values stay out of the curve: they do not survive JSON payloads
-                if (
-                    k not in ("step", "elapsed_s")
-                    and x is not None
-                    and math.isfinite(x)
-                    and len(state.curve) < 100_000
-                ):
-                    key = "train_loss" if k == "loss" else str(k)[:64]
-                    state.curve.append(CurvePoint(step=step, value=x, key=key))
-            if loss is not None and not math.isfinite(loss) and state.nan_step is None:
-                state.nan_step = step
+        if kind == "progress":
+            state.on_progress(data)
+            if state.nan_step is not None:
                 stop.internal.set()
-            state.progress = p.model_copy(
-                update={
-                    "step": step,
-                    "loss": loss if loss is not None and math.isfinite(loss) else None,
-                    "elapsed_s": round(now - t0, 3),
-                }
-            )
-            if heartbeat and now - state.last_beat >= self.heartbeat_every_s:
-                state.last_beat = now
+            if heartbeat and now - last_beat[0] >= self.heartbeat_every_s:
+                last_beat[0] = now
                 heartbeat(state.progress)
             return
-        if not env.spec.checkpointing:
+        if not plan.env.spec.checkpointing:
             return
-        path = Path(str(data["path"]))
-        path = (path if path.is_absolute() else code / path).resolve()
-        if out.resolve() not in path.parents or not path.is_file():
-            raise ValueError(f"checkpoint {path} is not a file under IDEAFORGE_OUT")
-        step = int(data.get("step", p.step))
+        ckpt = checkpoint_of(data, state.progress.step)
+        cap = int((plan.resources.max_checkpoint_mb or plan.resources.max_write_mb) * MB)
         try:
-            ref: ArtifactRef = await asyncio.to_thread(self.store.put_file, path, "checkpoint")
-        except StorageError as e:
-            log.warning("could not upload checkpoint %s: %s", path, e)
+            ref = await asyncio.to_thread(self._upload_checkpoint, dirs, ckpt.path, cap)
+        except (StorageError, ValueError, OSError) as e:
+            log.warning("checkpoint %s not uploaded: %s", ckpt.path, e)
             return
         state.progress = state.progress.model_copy(
-            update={"checkpoint": ref, "checkpoint_step": step, "elapsed_s": round(now - t0, 3)}
+            update={"checkpoint": ref, "checkpoint_step": ckpt.step, "elapsed_s": state.elapsed()}
         )
         if heartbeat:
-            state.last_beat = now
+            last_beat[0] = now
             heartbeat(state.progress)
+
+    def _upload_checkpoint(self, dirs: AttemptDirs, path_text: str, cap: int) -> ArtifactRef:
+        """Stream a checkpoint under IDEAFORGE_OUT to the store (symlinks and paths outside ``out`` refused)."""
+        out = dirs.out.resolve()
+        path = Path(path_text)
+        path = path if path.is_absolute() else dirs.code / path
+        fd = os.open(path.resolve(), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            real = Path(os.readlink(f"/proc/self/fd/{fd}"))  # what was opened, whatever was swapped since
+            if out not in real.parents or not os.path.isfile(real):
+                raise ValueError(f"checkpoint {path_text} is not a file under IDEAFORGE_OUT")
+            return self.store.put_stream(f, "checkpoint", max_bytes=cap, name=str(real))
+
+    async def _evaluate(
+        self,
+        plan: Resolved,
+        dirs: AttemptDirs,
+        zip_bytes: bytes,
+        env_vars: dict[str, str],
+        device_ids: list[int],
+        stop: _Stop,
+    ) -> SandboxResult:
+        """A fresh unpack with the pinned protected files, evaluated in its own sandbox."""
+        env, spec, res = plan.env, plan.env.spec, plan.resources
+        unpack_code(zip_bytes, dirs.eval_code)
+        restore_protected(dirs.eval_code, env.baseline, spec.protected_files)
+        unpinned = env.unpinned(dirs.eval_code)
+        if unpinned:
+            raise RunnerError(
+                f"protected files of env {spec.name!r} differ from {env.lock_path} after restore: {unpinned}; "
+                "the env's baseline was changed on this worker"
+            )
+        eval_vars = {k: v for k, v in env_vars.items() if k != "IDEAFORGE_RESUME"}
+        eval_vars["IDEAFORGE_METRIC_FILE"] = str(dirs.metric_dir / "metric.json")
+        eval_vars["IDEAFORGE_EVAL_DATA"] = str(self.data.eval_dir(env, plan.profile))
+        gpu = res.device == "gpu"
+        box = Box(
+            cwd=dirs.eval_code,
+            writable=[dirs.metric_dir],
+            readonly=[
+                dirs.eval_code,
+                dirs.out,
+                self.data.train_dir(env, plan.profile),
+                self.data.eval_dir(env, plan.profile),
+                *self._host_path_dirs(env),
+            ],
+            devices=gpu_device_nodes(device_ids) if gpu else [],
+        )
+        timeout = self.eval_timeout_s or max(60.0, res.time_limit_s / 2)
+        return await self._sandboxed(
+            isolated_eval_argv(spec.eval_command, "{python}"),
+            box,
+            eval_vars,
+            tree_limits(res, wall_s=timeout, write_bytes=EVAL_WRITE_BYTES),
+            dirs.eval_log,
+            stop,
+        )
+
+    async def _sandboxed(
+        self,
+        command: list[str],
+        box: Box,
+        env_vars: dict[str, str],
+        limits: Limits,
+        log_path: Path,
+        stop: _Stop,
+        on_line: Callable[[str], None] | None = None,
+    ) -> SandboxResult:
+        return await self._guarded(
+            asyncio.to_thread(
+                run_sandboxed,
+                self._argv(command),
+                box,
+                scrubbed_env(env_vars),
+                limits,
+                on_line=on_line,
+                log_path=log_path,
+                cancel_event=stop,
+                grace_s=self.grace_s,
+                python=self.python,
+            ),
+            stop,
+        )
 
     # ------------------------------------------------------------------ results
 
     def _train_failure(
-        self, res: SandboxResult, state: _Train, time_limit_s: float, log_path: Path
+        self, res: SandboxResult, state: TrainState, resources: Resources, log_path: Path
     ) -> tuple[FailureCategory | None, str | None]:
         if state.nan_step is not None:
             return "nan", f"training loss became non-finite at step {state.nan_step}"
         if res.output_limited:
             return "output_limit", f"training printed more than the output limit ({res.output_bytes}+ bytes)"
+        if res.write_limited:
+            return "output_limit", f"training wrote more than {resources.max_write_mb:g} MB to its directory"
         if res.timed_out:
-            return "timeout", f"training exceeded the time limit of {time_limit_s:.0f}s"
-        if res.returncode == -24:  # SIGXCPU: the CPU-time limit
+            return "timeout", f"training exceeded the time limit of {resources.time_limit_s:.0f}s"
+        if res.cpu_limited or res.returncode == -24:  # SIGXCPU: the per-process CPU-time limit
             return "timeout", "training exceeded the CPU-time limit"
+        if res.memory_limited:
+            return "crashed", f"training exceeded the memory limit of its process tree:\n{error_tail(log_path)}"
         if res.returncode != 0:
             return "crashed", f"training exited with {res.returncode}:\n{error_tail(log_path)}"
         return None, None
 
-    async def _finish_metric(
-        self, base: RunResult, attempt: Path, env: ResearchEnv, metric_file: Path
-    ) -> RunResult:
-        spec = env.spec
-        try:
-            data = json.loads(metric_file.read_text())
-        except FileNotFoundError:
-            return await self._finish(base, attempt, "eval_failed", "the evaluator wrote no metric file")
-        except (ValueError, OSError) as e:
-            return await self._finish(base, attempt, "eval_failed", f"metric file is not valid JSON: {e}")
-        if not isinstance(data, dict) or spec.metric not in data:
-            return await self._finish(
-                base, attempt, "eval_failed", f"metric file lacks {spec.metric!r}: {data!r}"[:500]
-            )
-        value = _number(data[spec.metric])
-        base.metrics = {
-            str(k): x for k, v in data.items() if (x := _number(v)) is not None and math.isfinite(x)
-        }
-        if value is None:
-            return await self._finish(base, attempt, "eval_failed", f"metric {spec.metric!r} is not a number")
-        if not math.isfinite(value):
-            return await self._finish(base, attempt, "nan", f"metric {spec.metric!r} is {value}")
-        lo, hi = spec.plausible_range
-        if not lo <= value <= hi:
-            return await self._finish(
-                base,
-                attempt,
-                "implausible_metric",
-                f"{spec.metric} = {value:g} is outside the plausible range [{lo}, {hi}]",
-            )
-        base.status, base.metric = "ok", value
-        return await self._finish(base, attempt, None, None)
+    def _eval_failure(self, res: SandboxResult, log_path: Path) -> tuple[FailureCategory | None, str | None]:
+        if res.output_limited:
+            return "output_limit", "evaluation exceeded the output limit"
+        if res.timed_out or res.cpu_limited:
+            return "eval_failed", f"evaluation timed out after {res.wall_s:.0f}s"
+        if res.memory_limited:
+            return "eval_failed", "evaluation exceeded the memory limit"
+        if res.returncode != 0:
+            return "eval_failed", f"evaluator exited with {res.returncode}:\n{error_tail(log_path)}"
+        return None, None
 
     async def _finish(
-        self, base: RunResult, attempt: Path, category: FailureCategory | None, error: str | None
+        self, base: RunResult, dirs: AttemptDirs, category: FailureCategory | None, error: str | None
     ) -> RunResult:
         """Store the combined (capped) log and fill in the failure fields."""
         if category is not None:
             base.status, base.category, base.error, base.metric = "failed", category, error, None
         parts = []
-        for name in ("train", "eval"):
-            p = attempt / f"{name}.log"
+        for name, p in (("train", dirs.train_log), ("eval", dirs.eval_log)):
             if p.is_file():
-                parts.append(f"===== {name} =====\n".encode() + cap_text(p.read_bytes(), self.log_cap_bytes))
+                parts.append(f"===== {name} =====\n".encode() + read_capped(p, self.log_cap_bytes))
         if error and not parts:
             parts.append(error.encode())
         if parts:
@@ -677,26 +620,26 @@ class ExperimentRunner:
         n = str(self.threads)
         return {"IDEAFORGE_THREADS": n, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n}
 
-    def _env_vars(
-        self, env: ResearchEnv, req: RunRequest, out: Path, tmp: Path, device_ids: list[int]
-    ) -> dict[str, str]:
-        gpu = env.spec.resources_for(req.profile).device == "gpu"
+    def _host_paths(self, env: ResearchEnv) -> dict[str, str]:
+        """The env's ``host_paths`` variables that are set on this host (passed through, bound read-only)."""
+        return {k: os.environ[k] for k in env.spec.host_paths if os.environ.get(k)}
+
+    def _host_path_dirs(self, env: ResearchEnv) -> list[Path]:
+        return [Path(v) for v in self._host_paths(env).values() if Path(v).is_absolute() and Path(v).exists()]
+
+    def _env_vars(self, plan: Resolved, req: RunRequest, dirs: AttemptDirs, device_ids: list[int]) -> dict[str, str]:
+        gpu = plan.resources.device == "gpu"
         return {
-            **env.spec.profiles[req.profile],
+            **plan.env.spec.profiles[plan.profile],
+            **self._host_paths(plan.env),
             **self._thread_vars(),
             "PYTHONUNBUFFERED": "1",
             "PYTHONDONTWRITEBYTECODE": "1",
-            "TMPDIR": str(tmp),
+            "HOME": "/tmp",
+            "TMPDIR": "/tmp",
             "IDEAFORGE_SEED": str(req.seed),
-            "IDEAFORGE_OUT": str(out),
-            "IDEAFORGE_DATA": str(self.data_dir(env, req.profile)),
+            "IDEAFORGE_OUT": str(dirs.out),
+            "IDEAFORGE_DATA": str(self.data.train_dir(plan.env, plan.profile)),
             "IDEAFORGE_DEVICE": "cuda" if gpu else "cpu",
             "CUDA_VISIBLE_DEVICES": ",".join(map(str, device_ids)) if gpu else "",
         }
-
-
-def _number(v: Any) -> float | None:
-    """A JSON number (NaN/inf included) as float; anything else (bool, str, null) -> None."""
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return None
-    return float(v)

@@ -1,8 +1,22 @@
-"""Run one untrusted command: scrubbed environment, resource limits, no network, bounded output, no orphans.
+"""Run one untrusted command in a bubblewrap sandbox, with limits on its whole process tree.
 
-The child runs in its own session (process group). Where Linux allows it, it also runs inside fresh user,
-network and PID namespaces (``unshare -r -n -p -f --kill-child``): no network, and every process it starts
-dies with it, even one that called ``setsid``. Without namespaces it falls back to killing the process group.
+What the command gets (see README "Safety of generated code"):
+
+- its own unprivileged uid (``identity.acquire_uid``), no capabilities, ``no_new_privs``;
+- a read-only system (``/usr``, ``/etc``, the Python interpreter and its site-packages) and nothing else of the
+  host: no IDEAFORGE_HOME, no project checkout, no other attempt; only the directories the caller names are
+  bound, read-only or writable;
+- private ``/tmp`` (size-capped tmpfs), ``/run``, ``/dev/shm``, ``/proc`` (new PID namespace), IPC and UTS
+  namespaces; no network unless asked (a new network namespace with only its own loopback, which is up);
+- only the device nodes it is given (the GPUs assigned to it);
+- a cgroup of its own (memory and process count for the whole tree, CPU time accounted for the whole tree);
+  RLIMIT_NPROC on its uid, RLIMIT_FSIZE, RLIMIT_CPU per process, no core dumps;
+- death with the worker (``--die-with-parent``, parent-death signal); every process of the group is killed
+  when the command ends, daemons included.
+
+Where this cannot be set up, :func:`check_sandbox` raises :class:`SandboxUnavailable` naming cause and fix; the
+only way around it is the operator's explicit ``IDEAFORGE_UNSAFE_NO_SANDBOX=1``, and then every result is
+tagged ``unsafe``.
 """
 
 from __future__ import annotations
@@ -10,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import json
 import logging
 import os
 import re
@@ -21,13 +36,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from ideaforge.run.cgroups import Cgroup, CgroupUnavailable, create_cgroup
+from ideaforge.run.identity import SandboxUser, acquire_uid, chown_tree
+
 log = logging.getLogger(__name__)
 
-# variables a training command may inherit from the worker (names or prefixes ending in "_")
+UNSAFE_VAR = "IDEAFORGE_UNSAFE_NO_SANDBOX"
+
 _ALLOWED = {
     "PATH",
     "HOME",
@@ -74,6 +93,7 @@ PROTOCOL_VARS = {
     "IDEAFORGE_SEED",
     "IDEAFORGE_OUT",
     "IDEAFORGE_DATA",
+    "IDEAFORGE_EVAL_DATA",
     "IDEAFORGE_METRIC_FILE",
     "IDEAFORGE_RESUME",
     "IDEAFORGE_THREADS",
@@ -112,6 +132,35 @@ class Cancellable(Protocol):
     def is_set(self) -> bool: ...
 
 
+class SandboxUnavailable(RuntimeError):
+    """The sandbox cannot be set up on this machine; the message names the cause and the fix."""
+
+
+@dataclass
+class Box:
+    """What one command may see: its cwd, directories bound read-only or writable, device nodes, network."""
+
+    cwd: Path
+    writable: list[Path] = field(default_factory=list)
+    readonly: list[Path] = field(default_factory=list)
+    devices: list[str] = field(default_factory=list)
+    network: bool = False
+    tmp_bytes: int = 512 * 1024**2
+
+
+@dataclass
+class Limits:
+    """Limits of one command's whole process tree. ``None`` means unlimited (except the defaults below)."""
+
+    wall_s: float
+    cpu_s: float | None = None
+    memory_bytes: int | None = None
+    max_pids: int = 512
+    output_bytes: int = 20 * 1024**2
+    file_bytes: int | None = 16 * 1024**3
+    write_bytes: int | None = None  # bytes under the writable dirs, checked every WATCH_EVERY_S
+
+
 @dataclass
 class SandboxResult:
     """How a sandboxed command ended. ``returncode`` is negative for a signal (as in subprocess)."""
@@ -120,98 +169,195 @@ class SandboxResult:
     timed_out: bool = False
     output_limited: bool = False
     cancelled: bool = False
+    cpu_limited: bool = False
+    memory_limited: bool = False
+    write_limited: bool = False
     wall_s: float = 0.0
-    net_isolated: bool = False
-    isolation: str = "none"
+    cpu_s: float = 0.0
+    peak_memory_bytes: int = 0
+    isolation: str = "bwrap"
     output_bytes: int = 0
 
     @property
     def ok(self) -> bool:
-        return self.returncode == 0 and not (self.timed_out or self.output_limited or self.cancelled)
+        return self.returncode == 0 and not (
+            self.timed_out
+            or self.output_limited
+            or self.cancelled
+            or self.cpu_limited
+            or self.memory_limited
+            or self.write_limited
+        )
+
+    @property
+    def unsafe(self) -> bool:
+        return self.isolation == "unsafe"
 
 
 MAX_LINE_BYTES = 1024 * 1024  # longer lines reach the log but not on_line
-
-# isolation prefixes, strongest first: user+net+pid namespaces, user+net, net only (root)
-_PREFIXES: list[tuple[str, list[str], bool]] = [
-    ("userns+netns+pidns", ["unshare", "-r", "-n", "-p", "-f", "--kill-child"], True),
-    ("userns+netns", ["unshare", "-r", "-n"], True),
-    ("netns", ["unshare", "-n"], True),
-]
+WATCH_EVERY_S = 0.25
+_PR_SET_PDEATHSIG = 1
+_GPU_SHARED_NODES = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset")
 
 
-# PID 1 of a namespace ignores signals it has no handler for (SIGTERM, even the kernel's SIGXCPU), so the
-# command never runs as PID 1: this tiny init starts it, reaps orphans and exits with its status (128 + N
-# for death by signal N, turned back into -N by run_sandboxed). It forwards nothing: signals go to the whole
-# process group anyway, and the init itself (PID 1, no handlers) ignores them until SIGKILL.
-_INIT = """
-import os, sys
-try:  # a new network namespace has only a loopback that is down: bring it up (torchrun, local servers)
-    import fcntl, socket, struct
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    flags = struct.unpack("16sH", fcntl.ioctl(s, 0x8913, struct.pack("16sH", b"lo", 0))[:18])[1]
-    fcntl.ioctl(s, 0x8914, struct.pack("16sH", b"lo", flags | 1))
-    s.close()
-except OSError:
-    pass
-pid = os.fork()
-if pid == 0:
+def unsafe_opted_out() -> bool:
+    """True when the operator explicitly turned the sandbox off (``IDEAFORGE_UNSAFE_NO_SANDBOX=1``)."""
+    return os.environ.get(UNSAFE_VAR) == "1"
+
+
+@functools.cache
+def python_roots(python: str) -> tuple[str, ...]:
+    """Directories the interpreter ``python`` needs (prefixes, stdlib, site-packages), found by asking it."""
+    code = "import sys, json; print(json.dumps([sys.prefix, sys.base_prefix, sys.exec_prefix, *sys.path]))"
     try:
-        os.execvp(sys.argv[1], sys.argv[1:])
-    except OSError as e:
-        sys.stderr.write(f"[sandbox] cannot start {sys.argv[1]!r}: {e}\\n")
-        os._exit(127)
-while True:
+        out = subprocess.run(
+            [python, "-c", code], capture_output=True, text=True, timeout=60, cwd="/", env={"PATH": "/usr/bin"}
+        )
+        paths = json.loads(out.stdout)
+    except (OSError, ValueError, subprocess.SubprocessError) as e:
+        raise SandboxUnavailable(f"cannot ask interpreter {python!r} for its paths: {e}") from e
+    roots: list[str] = [os.path.dirname(os.path.realpath(python)), os.path.dirname(os.path.abspath(python))]
+    for p in paths:
+        if p and os.path.isabs(p) and os.path.isdir(p):
+            roots.append(os.path.realpath(p))
+            roots.append(os.path.abspath(p))
+    # a venv's pyvenv.cfg sits in its prefix: bind the prefixes whole
+    return tuple(sorted({r for r in roots if not r.startswith(("/usr/", "/proc", "/sys", "/dev"))} - {"/"}))
+
+
+def _bind_args(binds: list[tuple[str, str]]) -> list[str]:
+    """bwrap arguments binding ``(flag, path)`` at the same path, with world-readable parent directories
+    (bwrap would create missing parents 0700, unreadable to the unprivileged uid)."""
+    args: list[str] = []
+    made: set[str] = {"/", "/tmp", "/run", "/dev", "/dev/shm", "/proc", "/usr", "/etc"}
+    bound: list[str] = []
+    for flag, path in sorted(set(binds), key=lambda b: (b[1].count("/"), b[1], b[0] == "--bind")):
+        if flag == "--ro-bind" and path in bound:
+            continue  # the same directory twice (a writable bind of it comes after and wins)
+        parents = list(reversed(Path(path).parents))[1:]
+        for parent in map(str, parents):
+            if parent in made or any(parent == b or parent.startswith(b + "/") for b in bound):
+                continue
+            args += ["--perms", "0755", "--dir", parent]
+            made.add(parent)
+        args += [flag, path, path]
+        bound.append(path)
+        made.add(path)
+    return args
+
+
+def bwrap_argv(box: Box, user: SandboxUser, python: str = sys.executable) -> list[str]:
+    """The bubblewrap + setpriv prefix that runs a command as ``user`` inside ``box``."""
+    args = [
+        "bwrap",
+        "--unshare-ipc",
+        "--unshare-pid",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--die-with-parent",
+        "--new-session",
+        "--hostname",
+        "sandbox",
+    ]
+    if not box.network:
+        args.append("--unshare-net")
+    args += ["--ro-bind", "/usr", "/usr"]
+    for top in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        p = Path("/" + top)
+        if p.is_symlink():
+            args += ["--symlink", os.readlink(p), str(p)]
+        elif p.is_dir():
+            args += ["--ro-bind", str(p), str(p)]
+    args += ["--ro-bind", "/etc", "/etc", "--proc", "/proc", "--dev", "/dev"]
+    args += ["--perms", "1777", "--size", str(box.tmp_bytes), "--tmpfs", "/tmp", "--tmpfs", "/run"]
+    args += ["--perms", "1777", "--size", str(box.tmp_bytes), "--tmpfs", "/dev/shm"]
+    binds: list[tuple[str, str]] = [("--ro-bind", r) for r in python_roots(python)]
+    binds += [("--ro-bind", str(Path(p).resolve())) for p in box.readonly]
+    binds += [("--bind", str(Path(p).resolve())) for p in box.writable]
+    args += _bind_args(binds)
+    for dev in box.devices:
+        if Path(dev).exists():
+            args += ["--dev-bind", dev, dev]
+    args += ["--chdir", str(Path(box.cwd).resolve())]
+    args += [
+        "--",
+        "setpriv",
+        f"--reuid={user.uid}",
+        f"--regid={user.gid}",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--no-new-privs",
+        "--",
+    ]
+    return args
+
+
+def gpu_device_nodes(device_ids: list[int]) -> list[str]:
+    """Device nodes for the assigned GPUs plus the driver's shared control nodes (those that exist)."""
+    nodes = [f"/dev/nvidia{i}" for i in device_ids]
+    nodes += [f"/dev/{n}" for n in _GPU_SHARED_NODES]
+    return [n for n in nodes if Path(n).exists()]
+
+
+@functools.cache
+def check_sandbox() -> str:
+    """``"bwrap"`` when sandboxed commands work here, ``"unsafe"`` when the operator opted out.
+
+    Raises :class:`SandboxUnavailable` naming the cause and the fix. Cached for the process.
+    """
+    if unsafe_opted_out():
+        log.warning("%s=1: generated code runs WITHOUT a sandbox; every result is tagged unsafe", UNSAFE_VAR)
+        return "unsafe"
+    fix = f"(or, knowing that generated code can then forge scores and read secrets, set {UNSAFE_VAR}=1)"
+    if os.geteuid() != 0:
+        raise SandboxUnavailable(
+            "the training worker must run as root: it runs each attempt as its own unprivileged uid and "
+            f"gives it a cgroup; start the worker as root (in docker: user root, see docker-compose.yml) {fix}"
+        )
+    for tool, pkg in (("bwrap", "bubblewrap"), ("setpriv", "util-linux")):
+        if not shutil.which(tool):
+            raise SandboxUnavailable(f"{tool} is not installed: apt-get install -y {pkg} {fix}")
     try:
-        wpid, status = os.wait()
-    except ChildProcessError:
-        os._exit(1)
-    if wpid == pid:
-        os._exit(128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
-"""
+        cg = create_cgroup("probe", memory_bytes=256 * 1024**2, max_pids=16)
+        cg.remove()
+    except (CgroupUnavailable, OSError) as e:
+        raise SandboxUnavailable(f"no per-attempt cgroup: {e} {fix}") from e
+    user = acquire_uid()
+    try:
+        argv = [*bwrap_argv(Box(cwd=Path("/")), user), "/bin/true"]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise SandboxUnavailable(f"bubblewrap failed to start: {e} {fix}") from e
+    finally:
+        user.release()
+    if r.returncode != 0:
+        raise SandboxUnavailable(
+            f"bubblewrap cannot create namespaces here ({r.stderr.strip()[:300]}): under docker give the training "
+            "worker the security options of docker-compose.yml (seccomp/apparmor unconfined, CAP_SYS_ADMIN) "
+            + fix
+        )
+    return "bwrap"
 
 
-@functools.lru_cache(maxsize=1)
-def isolation_prefix() -> tuple[str, tuple[str, ...], bool]:
-    """The strongest namespace wrapper that works here: (name, argv prefix, network isolated). Cached."""
-    if os.environ.get("IDEAFORGE_NO_NAMESPACES") == "1" or not shutil.which("unshare"):
-        return ("none", (), False)
-    for name, prefix, net in _PREFIXES:
-        try:
-            r = subprocess.run([*prefix, "true"], capture_output=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        if r.returncode == 0:
-            log.info("sandbox isolation: %s", name)
-            return (name, tuple(prefix), net)
-    log.warning(
-        "sandbox: no Linux namespaces available; commands run with network and process-group kill only"
-    )
-    return ("none", (), False)
-
-
-def _limits(
-    cpu_time_s: float | None, memory_mb: int | None, max_file_bytes: int | None
-) -> Callable[[], None]:
+def _preexec(cgroup: Cgroup | None, limits: Limits) -> Callable[[], None]:
     libc = _libc()
 
-    def apply() -> None:  # runs in the child between fork and exec
+    def apply() -> None:  # runs in the child between fork and exec (still root)
+        if cgroup is not None:
+            cgroup.join(os.getpid())
         if libc is not None:  # die with the worker: a kill -9'd worker must leave no training running
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        if cpu_time_s:
-            soft = max(1, int(cpu_time_s))
+        if limits.cpu_s:
+            soft = max(1, int(limits.cpu_s))
             resource.setrlimit(resource.RLIMIT_CPU, (soft, soft + 5))
-        if memory_mb:
-            b = int(memory_mb) * 1024 * 1024
-            resource.setrlimit(resource.RLIMIT_AS, (b, b))
-        if max_file_bytes:
-            resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+        if limits.file_bytes:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes))
+        if cgroup is not None and limits.max_pids:  # per uid: the sandbox's uid is its own
+            resource.setrlimit(resource.RLIMIT_NPROC, (limits.max_pids, limits.max_pids))
 
     return apply
-
-
-_PR_SET_PDEATHSIG = 1
 
 
 @functools.cache
@@ -229,85 +375,145 @@ def _killpg(pid: int, sig: int) -> None:
         pass
 
 
+def disk_usage(paths: list[Path]) -> int:
+    """Bytes allocated on disk under ``paths`` (sparse holes cost nothing; symlinks not followed, hard links
+    counted once)."""
+    total, seen = 0, set()
+    for base in paths:
+        for root, dirs, files in os.walk(base):
+            for name in [*dirs, *files]:
+                try:
+                    st = os.lstat(os.path.join(root, name))
+                except OSError:
+                    continue
+                if (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    total += st.st_blocks * 512
+    return total
+
+
 def run_sandboxed(
     argv: list[str],
-    cwd: Path,
+    box: Box,
     env: dict[str, str],
-    timeout_s: float,
-    cpu_time_s: float | None = None,
-    memory_mb: int | None = None,
-    max_output_bytes: int = 20 * 1024 * 1024,
+    limits: Limits,
+    *,
     on_line: Callable[[str], None] | None = None,
     log_path: Path | None = None,
     cancel_event: Cancellable | None = None,
-    *,
-    network: bool = False,
-    max_file_bytes: int | None = 16 * 1024**3,
     grace_s: float = 2.0,
+    python: str = sys.executable,
 ) -> SandboxResult:
-    """Run ``argv`` (no shell) and wait for it; blocking, so call it from a thread in async code.
+    """Run ``argv`` (no shell) in ``box`` under ``limits`` and wait; blocking, so call it from a thread.
 
-    stdout+stderr go to ``log_path`` (at most ``max_output_bytes``; more kills the command) and, line by line,
-    to ``on_line``. A wall timeout or ``cancel_event`` kills the whole process group (SIGTERM, SIGKILL after
-    ``grace_s``). ``network=True`` skips the network namespace (prepare commands may download data).
+    stdout+stderr go to ``log_path`` (at most ``limits.output_bytes``; more kills the command) and, line by
+    line, to ``on_line``. A limit, a wall timeout or ``cancel_event`` stops the whole tree (SIGTERM to the
+    group, SIGKILL to every process of the cgroup after ``grace_s``). Raises :class:`SandboxUnavailable`.
     """
     if not argv:
         raise ValueError("run_sandboxed: empty argv")
-    name, prefix, net = isolation_prefix()
-    if network:
-        name, prefix, net = ("none", (), False)
-    init = (sys.executable, "-I", "-S", "-c", _INIT) if "pidns" in name or "netns" in name else ()
+    mode = check_sandbox()
+    res = SandboxResult(returncode=None, isolation=mode)
+    user: SandboxUser | None = None
+    cgroup: Cgroup | None = None
     log_file = open(log_path, "ab") if log_path else None  # closed in finally
     start = time.monotonic()
-    res = SandboxResult(returncode=None, net_isolated=net, isolation=name)
     try:
-        proc = subprocess.Popen(
-            [*prefix, *init, *argv],
-            cwd=str(cwd),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_limits(cpu_time_s, memory_mb, max_file_bytes),
-        )
-    except OSError as e:
-        if log_file:
-            log_file.write(f"[sandbox] cannot start {argv[0]!r}: {e}\n".encode())
-            log_file.close()
-        res.returncode = 127
-        return res
-    try:
-        _pump(proc, res, start, timeout_s, max_output_bytes, on_line, log_file, cancel_event, grace_s)
-    finally:
-        _killpg(proc.pid, signal.SIGKILL)  # nothing of the command outlives it
-        if proc.poll() is None:
-            proc.kill()
+        if mode == "bwrap":
+            user = acquire_uid()
+            for d in box.writable:
+                chown_tree(Path(d), user.uid, user.gid)
+            try:
+                cgroup = create_cgroup("cmd", memory_bytes=limits.memory_bytes, max_pids=limits.max_pids)
+            except CgroupUnavailable as e:
+                raise SandboxUnavailable(str(e)) from e
+            full = [*bwrap_argv(box, user, python), *argv]
+        else:
+            full = list(argv)
+        try:
+            proc = subprocess.Popen(
+                full,
+                cwd=str(box.cwd),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_preexec(cgroup, limits),
+            )
+        except OSError as e:
+            if log_file:
+                log_file.write(f"[sandbox] cannot start {argv[0]!r}: {e}\n".encode())
+            res.returncode = 127
+            return res
+
+        def watch() -> str | None:
+            if cgroup is not None and limits.cpu_s and cgroup.cpu_seconds() > limits.cpu_s:
+                res.cpu_limited = True
+                return f"CPU time of the process tree over {limits.cpu_s:.0f}s"
+            if limits.write_bytes and box.writable and disk_usage(box.writable) > limits.write_bytes:
+                res.write_limited = True
+                return f"more than {limits.write_bytes} bytes written"
+            return None
+
+        try:
+            def terminate(sig: int) -> None:
+                if cgroup is None or user is None:
+                    _killpg(proc.pid, sig)
+                elif sig == signal.SIGKILL:
+                    _killpg(proc.pid, sig)
+                    cgroup.kill_all(timeout_s=0.5)
+                else:  # bubblewrap dies of SIGTERM and takes everything along: signal the command itself
+                    cgroup.signal_uid(sig, user.uid)
+
+            _pump(proc, res, start, limits, on_line, log_file, cancel_event, grace_s, watch, terminate)
+        finally:
+            _killpg(proc.pid, signal.SIGKILL)  # nothing of the command outlives it
+            if cgroup is not None:
+                cgroup.kill_all()
+            if proc.poll() is None:
+                proc.kill()
             proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
+            if proc.stdout:
+                proc.stdout.close()
+        res.returncode = proc.returncode
+        if mode == "bwrap" and res.returncode is not None and 128 < res.returncode <= 128 + 64:
+            res.returncode = 128 - res.returncode  # bwrap's "child died of signal N" -> -N, as subprocess says
+        if cgroup is not None:
+            res.cpu_s = cgroup.cpu_seconds()
+            res.peak_memory_bytes = cgroup.memory_peak()
+            res.memory_limited = bool(limits.memory_bytes) and cgroup.oom_killed()
+            if res.memory_limited and log_file:
+                log_file.write(
+                    f"\n[sandbox] memory limit of {limits.memory_bytes} bytes reached (process tree)\n".encode()
+                )
+        res.wall_s = time.monotonic() - start
+        return res
+    finally:
+        if cgroup is not None:
+            cgroup.remove()
+        if user is not None:
+            user.release()
         if log_file:
             log_file.close()
-    res.returncode = proc.returncode
-    if init and proc.returncode is not None and 128 < proc.returncode <= 128 + 64:
-        res.returncode = 128 - proc.returncode  # the init's "death by signal N" -> -N, as subprocess says
-    res.wall_s = time.monotonic() - start
-    return res
 
 
 def _pump(
     proc: subprocess.Popen[bytes],
     res: SandboxResult,
     start: float,
-    timeout_s: float,
-    max_output_bytes: int,
+    limits: Limits,
     on_line: Callable[[str], None] | None,
     log_file,
     cancel_event: Cancellable | None,
     grace_s: float,
+    watch: Callable[[], str | None],
+    terminate: Callable[[int], None],
 ) -> None:
-    """Read output until the process exits, enforcing timeout, cancellation and the output limit."""
+    """Read output until the process exits, enforcing timeout, cancellation, output and tree limits."""
     assert proc.stdout is not None
+    timeout_s, max_output_bytes = limits.wall_s, limits.output_bytes
+    next_watch = start + WATCH_EVERY_S
     fd = proc.stdout.fileno()
     os.set_blocking(fd, False)
     sel = selectors.DefaultSelector()
@@ -322,7 +528,7 @@ def _pump(
         nonlocal kill_at
         if kill_at is None:
             log.info("sandbox: stopping pid %d (%s)", proc.pid, reason)
-            _killpg(proc.pid, signal.SIGTERM)
+            terminate(signal.SIGTERM)
             kill_at = time.monotonic() + grace_s
 
     try:
@@ -363,8 +569,15 @@ def _pump(
             if now - start > timeout_s and not res.timed_out:
                 res.timed_out = True
                 stop(f"wall timeout {timeout_s:.0f}s")
+            if now >= next_watch and kill_at is None:
+                next_watch = now + WATCH_EVERY_S
+                reason = watch()
+                if reason:
+                    if log_file:
+                        log_file.write(f"\n[sandbox] {reason}\n".encode())
+                    stop(reason)
             if kill_at is not None and now >= kill_at:
-                _killpg(proc.pid, signal.SIGKILL)
+                terminate(signal.SIGKILL)
                 proc.kill()
         if on_line and pending and not skip and not res.output_limited:
             on_line(pending.decode("utf-8", "replace").rstrip("\r"))

@@ -1,7 +1,9 @@
 """Artifact store: content-addressed blobs (zips, diffs, logs, checkpoints) plus a few named objects.
 
 Two backends behind one interface: a local directory (``file://``, the embedded default) and S3/MinIO
-(``s3://bucket/prefix``) through the ``minio`` client. Every read verifies sha256.
+(``s3://bucket/prefix``) through the ``minio`` client. Every read verifies size and sha256 against the ref
+(:class:`ArtifactCorrupt`, :class:`ArtifactMissing`); named objects carry a digest sidecar checked on read.
+Files go in and out in chunks, so the worker's memory does not grow with a checkpoint's size.
 """
 
 from __future__ import annotations
@@ -9,17 +11,38 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
 from ideaforge.config import Settings
 from ideaforge.models import ArtifactRef
 
+CHUNK = 1024 * 1024
+MAX_IN_MEMORY = 256 * 1024**2  # get_bytes refuses larger objects: use get_file
+
 
 class StorageError(RuntimeError):
     """An artifact could not be written or read intact; the message names the object."""
+
+    category = "storage"
+
+
+class ArtifactMissing(StorageError):
+    category = "missing"
+
+
+class ArtifactCorrupt(StorageError):
+    """The bytes read back do not match the digest or size they were stored under (tampering or damage)."""
+
+    category = "corrupt"
+
+
+class ArtifactTooLarge(StorageError):
+    category = "too_large"
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -45,6 +68,14 @@ class ObjectStore(ABC):
     def _exists(self, key: str) -> bool: ...
 
     @abstractmethod
+    def _open(self, key: str) -> BinaryIO | None:
+        """A readable stream of the object, or None when it does not exist."""
+
+    @abstractmethod
+    def _store_file(self, key: str, path: Path) -> None:
+        """Put the (verified, private) file ``path`` under ``key``; may move it."""
+
+    @abstractmethod
     def uri_for(self, key: str) -> str: ...
 
     @abstractmethod
@@ -60,41 +91,106 @@ class ObjectStore(ABC):
     def put_text(self, text: str, kind: str = "text") -> ArtifactRef:
         return self.put_bytes(text.encode(), kind)
 
-    def put_file(self, path: Path, kind: str = "blob") -> ArtifactRef:
+    def put_file(self, path: Path, kind: str = "blob", max_bytes: int | None = None) -> ArtifactRef:
+        """Store a file in chunks (symlinks refused); over ``max_bytes`` -> :class:`ArtifactTooLarge`."""
         try:
-            data = Path(path).read_bytes()
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as e:
             raise StorageError(f"cannot read {path} to store it: {e.strerror or e}") from e
-        return self.put_bytes(data, kind)
+        with os.fdopen(fd, "rb") as f:
+            return self.put_stream(f, kind, max_bytes, name=str(path))
+
+    def put_stream(
+        self, f: BinaryIO, kind: str = "blob", max_bytes: int | None = None, name: str = "stream"
+    ) -> ArtifactRef:
+        """Copy ``f`` to a private spool file while hashing it, then store that copy under its digest."""
+        h, size = hashlib.sha256(), 0
+        with tempfile.TemporaryDirectory(prefix="ideaforge-put-") as tmp:
+            spool = Path(tmp) / "blob"
+            try:
+                with open(spool, "wb") as out:
+                    while chunk := f.read(CHUNK):
+                        size += len(chunk)
+                        if max_bytes is not None and size > max_bytes:
+                            raise ArtifactTooLarge(f"{name} is larger than the limit of {max_bytes} bytes")
+                        h.update(chunk)
+                        out.write(chunk)
+            except OSError as e:
+                raise StorageError(f"cannot read {name} to store it: {e.strerror or e}") from e
+            sha = h.hexdigest()
+            key = cas_key(kind, sha)
+            if not self._exists(key):
+                self._store_file(key, spool)
+        return ArtifactRef(uri=self.uri_for(key), sha256=sha, size=size)
 
     def get_bytes(self, ref: ArtifactRef) -> bytes:
+        """The object's bytes, checked against ``ref.size`` and ``ref.sha256``."""
+        if ref.size > MAX_IN_MEMORY:
+            raise ArtifactTooLarge(f"{ref.uri} is {ref.size} bytes: read it with get_file")
         data = self._read(self.key_of(ref.uri))
         if data is None:
-            raise StorageError(f"artifact missing: {ref.uri}")
-        if sha256_bytes(data) != ref.sha256:
-            raise StorageError(f"artifact corrupt (sha256 mismatch): {ref.uri}")
+            raise ArtifactMissing(f"artifact missing: {ref.uri}")
+        check_digest(ref, len(data), sha256_bytes(data))
         return data
 
     def get_text(self, ref: ArtifactRef) -> str:
         return self.get_bytes(ref).decode()
 
     def get_file(self, ref: ArtifactRef, dest: Path) -> Path:
+        """Copy the object to ``dest`` in chunks; ``dest`` appears only once size and digest are verified."""
         dest = Path(dest)
-        data = self.get_bytes(ref)
+        src = self._open(self.key_of(ref.uri))
+        if src is None:
+            raise ArtifactMissing(f"artifact missing: {ref.uri}")
+        h, size = hashlib.sha256(), 0
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(data)
+            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".get-")
+            try:
+                with os.fdopen(fd, "wb") as out, src:
+                    while chunk := src.read(CHUNK):
+                        size += len(chunk)
+                        if size > ref.size:
+                            break
+                        h.update(chunk)
+                        out.write(chunk)
+                check_digest(ref, size, h.hexdigest())
+                os.replace(tmp, dest)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
         except OSError as e:
             raise StorageError(f"cannot write {ref.uri} to {dest}: {e.strerror or e}") from e
         return dest
 
     def put_named(self, key: str, data: bytes) -> ArtifactRef:
-        """Write a mutable object under a fixed key (e.g. a campaign's saved state)."""
+        """Write a mutable object under a fixed key (e.g. a campaign's saved state), with a digest sidecar."""
+        ref = ArtifactRef(uri=self.uri_for(f"named/{key}"), sha256=sha256_bytes(data), size=len(data))
         self._write(f"named/{key}", data)
-        return ArtifactRef(uri=self.uri_for(f"named/{key}"), sha256=sha256_bytes(data), size=len(data))
+        self._write(f"named-digest/{key}", ref.model_dump_json().encode())
+        return ref
 
     def get_named(self, key: str) -> bytes | None:
-        return self._read(f"named/{key}")
+        """The object under ``key`` (None if never written), checked against its digest sidecar."""
+        data = self._read(f"named/{key}")
+        if data is None:
+            return None
+        raw = self._read(f"named-digest/{key}")
+        if raw is None:
+            raise ArtifactCorrupt(f"named object {key!r} has no digest record: written outside ideaforge?")
+        try:
+            ref = ArtifactRef.model_validate_json(raw)
+        except ValueError as e:
+            raise ArtifactCorrupt(f"digest record of named object {key!r} is unreadable: {e}") from e
+        check_digest(ref, len(data), sha256_bytes(data))
+        return data
+
+
+def check_digest(ref: ArtifactRef, size: int, sha: str) -> None:
+    """Raise :class:`ArtifactCorrupt` when what was read does not match ``ref``."""
+    if sha != ref.sha256:
+        raise ArtifactCorrupt(f"artifact corrupt (sha256 mismatch): {ref.uri}")
+    if size != ref.size:
+        raise ArtifactCorrupt(f"artifact corrupt (size {size} != {ref.size}): {ref.uri}")
 
 
 class LocalStore(ObjectStore):
@@ -136,6 +232,30 @@ class LocalStore(ObjectStore):
 
     def _exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def _open(self, key: str) -> BinaryIO | None:
+        try:
+            return open(self._path(key), "rb")  # noqa: SIM115 - the caller closes it
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StorageError(f"cannot read artifact {key} under {self.base}: {e.strerror or e}") from e
+
+    def _store_file(self, key: str, path: Path) -> None:
+        p = self._path(key)
+        tmp: str | None = None
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp-")
+            os.close(fd)
+            shutil.move(str(path), tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, p)
+        except OSError as e:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+            raise StorageError(f"cannot write artifact {key} under {self.base}: {e.strerror or e}") from e
 
     def uri_for(self, key: str) -> str:
         return (self.base / key).as_uri()
@@ -212,6 +332,25 @@ class S3Store(ObjectStore):
         except S3Error:
             return False
 
+    def _open(self, key: str) -> BinaryIO | None:
+        from minio.error import S3Error
+
+        try:
+            resp = self.client.get_object(self.bucket, self._obj(key))
+        except S3Error as e:
+            if e.code in ("NoSuchKey", "NoSuchObject"):
+                return None
+            raise StorageError(f"cannot read s3://{self.bucket}/{self._obj(key)}: {e}") from e
+        except Exception as e:  # noqa: BLE001 - connection errors come as urllib3 exceptions
+            raise StorageError(f"cannot read s3://{self.bucket}/{self._obj(key)}: {e}") from e
+        return _S3Body(resp)
+
+    def _store_file(self, key: str, path: Path) -> None:
+        try:
+            self.client.fput_object(self.bucket, self._obj(key), str(path))
+        except Exception as e:  # noqa: BLE001
+            raise StorageError(f"cannot write s3://{self.bucket}/{self._obj(key)}: {e}") from e
+
     def uri_for(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._obj(key)}"
 
@@ -225,6 +364,25 @@ class S3Store(ObjectStore):
                 raise StorageError(f"{uri} is not under prefix {self.prefix!r}")
             obj = obj[len(self.prefix) + 1 :]
         return obj
+
+
+class _S3Body(io.RawIOBase):
+    """A minio response as a closeable binary stream (releases the connection on close)."""
+
+    def __init__(self, resp) -> None:  # noqa: ANN001 - urllib3 response
+        self.resp = resp
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        return self.resp.read(None if n < 0 else n)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.resp.close()
+            self.resp.release_conn()
+        super().close()
 
 
 def open_store(settings: Settings) -> ObjectStore:

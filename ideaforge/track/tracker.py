@@ -445,6 +445,8 @@ def _idea_tags(req: RecordIdeaRequest) -> dict[str, str]:
             v = getattr(req.outcome.run, k)
             if v:
                 tags[f"ideaforge.{k}"] = v
+        if req.outcome.run.unsafe:  # trained without the sandbox (IDEAFORGE_UNSAFE_NO_SANDBOX=1)
+            tags["ideaforge.unsafe"] = "true"
     return tags
 
 

@@ -42,7 +42,7 @@ COMPILE = True
 SNAPSHOT_EVERY_S = 60.0
 if os.environ.get("IDEAFORGE_TINY") == "1":  # smoke profile: the same code path at toy sizes on CPU
     LEARNING_RATE, WARMUP_ITERS, NUM_ITERATIONS, TOTAL_BATCH_TOKENS = 1e-2, 10, 400, 512
-    MICRO_BATCH, SEQ_LEN, N_LAYER, N_HEAD, N_EMBD, SNAPSHOT_EVERY_S = 4, 64, 2, 2, 64, 1.0
+    MICRO_BATCH, SEQ_LEN, N_LAYER, N_HEAD, N_EMBD, SNAPSHOT_EVERY_S = 4, 64, 2, 2, 64, 10.0
 
 
 def lr_at(it: int) -> float:

@@ -30,6 +30,11 @@ def data_dir() -> Path:
     return env_path("IDEAFORGE_DATA")
 
 
+def split_dir(split: str) -> Path:
+    """Training plays live in IDEAFORGE_DATA; the held-out plays only in IDEAFORGE_EVAL_DATA (evaluation)."""
+    return env_path("IDEAFORGE_EVAL_DATA") if split == "val" else data_dir()
+
+
 def out_dir() -> Path:
     path = env_path("IDEAFORGE_OUT")
     path.mkdir(parents=True, exist_ok=True)
@@ -62,7 +67,7 @@ def load_split(split: str) -> torch.Tensor:
     """Token ids of ``train`` or ``val`` (whole plays) as a 1-D long tensor."""
     if split not in ("train", "val"):
         raise ValueError(f"unknown split {split!r}: use 'train' or 'val'")
-    path = data_dir() / f"{split}.txt"
+    path = split_dir(split) / f"{split}.txt"
     if not path.is_file():
         raise SystemExit(f"{path} is missing: run prepare.py first (the runner's prepare_command)")
     return encode(path.read_text())

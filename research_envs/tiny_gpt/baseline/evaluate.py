@@ -1,8 +1,10 @@
 """PROTECTED. Score a trained tiny_gpt: causality check, then loss on the fixed held-out plays.
 
-Reads $IDEAFORGE_OUT/model.pt, rebuilds GPT(GPTConfig(**config)) from the (editable) model.py, and writes
-{"val_loss", "val_bpc", "params", "eval_tokens"} to $IDEAFORGE_METRIC_FILE. A model whose logits at a
-position depend on later tokens is rejected (exit 2, no metric file).
+Reads $IDEAFORGE_OUT/model.pt (tensors and plain values only: loaded with weights_only=True), rebuilds
+GPT(GPTConfig(**config)) from the (editable) model.py, and writes {"val_loss", "val_bpc", "params",
+"eval_tokens"} to $IDEAFORGE_METRIC_FILE. Rejected (exit 2, no metric file): a model whose logits at a position
+depend on later tokens (checked at batch sizes 1, 2 and 5), and a model whose per-window losses change when the
+same windows are evaluated in another order and batch size (a model that looks at its batch).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 import data
 
 CAUSAL_TOL = 1e-4
+ORDER_TOL = 1e-3
 
 
 def logits_of(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -32,15 +35,27 @@ def logits_of(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 def causality_violation(model: torch.nn.Module, windows: torch.Tensor) -> str | None:
     """Change every token from position t on; logits before t must not move. Returns a message or None."""
     gen = torch.Generator().manual_seed(1234)
-    x = windows[:2, :-1]
-    base = logits_of(model, x)
-    for t in (1, 7, data.CONTEXT // 2, data.CONTEXT - 1):
-        x2 = x.clone()
-        x2[:, t:] = torch.randint(0, data.VOCAB_SIZE, x2[:, t:].shape, generator=gen)
-        moved = (logits_of(model, x2)[:, :t] - base[:, :t]).abs().max().item()
-        if not moved <= CAUSAL_TOL * (1.0 + base[:, :t].abs().max().item()):
-            return f"logits before position {t} changed by {moved:.3g} when later tokens changed"
+    for batch in (1, 2, 5):
+        x = windows[:batch, :-1]
+        base = logits_of(model, x)
+        for t in (1, 7, data.CONTEXT // 2, data.CONTEXT - 1):
+            x2 = x.clone()
+            x2[:, t:] = torch.randint(0, data.VOCAB_SIZE, x2[:, t:].shape, generator=gen)
+            moved = (logits_of(model, x2)[:, :t] - base[:, :t]).abs().max().item()
+            if not moved <= CAUSAL_TOL * (1.0 + base[:, :t].abs().max().item()):
+                return f"logits before position {t} changed by {moved:.3g} when later tokens changed (batch {batch})"
     return None
+
+
+def window_losses(model: torch.nn.Module, windows: torch.Tensor, order: torch.Tensor, batch: int) -> torch.Tensor:
+    """Summed cross-entropy of each window, evaluated in ``order`` with ``batch`` windows per forward pass."""
+    out = torch.empty(len(windows), dtype=torch.float64)
+    for idx in order.split(batch):
+        chunk = windows[idx]
+        logits = logits_of(model, chunk[:, :-1])
+        losses = F.cross_entropy(logits.reshape(-1, data.VOCAB_SIZE), chunk[:, 1:].reshape(-1), reduction="none")
+        out[idx] = losses.view(len(idx), -1).sum(dim=1).double()
+    return out
 
 
 def main() -> None:
@@ -49,7 +64,7 @@ def main() -> None:
     path = data.out_dir() / "model.pt"
     if not path.is_file():
         raise SystemExit(f"no trained model at {path}: train.py must save it there")
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    saved = torch.load(path, map_location="cpu", weights_only=True)
     from model import GPT, GPTConfig
 
     model = GPT(GPTConfig(**saved["config"]))
@@ -61,13 +76,14 @@ def main() -> None:
         if problem:
             print(f"causality check failed: {problem}", file=sys.stderr)
             sys.exit(2)
-        total, count = 0.0, 0
-        for chunk in windows.split(32):
-            logits = logits_of(model, chunk[:, :-1])
-            targets = chunk[:, 1:]
-            total += F.cross_entropy(logits.reshape(-1, data.VOCAB_SIZE), targets.reshape(-1), reduction="sum").item()
-            count += targets.numel()
-    loss = total / count
+        first = window_losses(model, windows, torch.arange(len(windows)), 32)
+        again = window_losses(model, windows, torch.randperm(len(windows), generator=torch.Generator().manual_seed(7)), 7)
+    drift = (first - again).abs().max().item()
+    if not drift <= ORDER_TOL * (1.0 + first.abs().max().item()):
+        print(f"evaluation in another batch order disagrees (max window loss change {drift:.3g})", file=sys.stderr)
+        sys.exit(2)
+    count = windows[:, 1:].numel()
+    loss = first.sum().item() / count
     metrics = {
         "val_loss": loss,
         "val_bpc": loss / math.log(2),

@@ -43,6 +43,8 @@ def ensure_sft(steps: int | None = None) -> Path:
     """Path of the SFT checkpoint for ``steps`` (IDEAFORGE_SFT_STEPS), training it under a lock if missing."""
     steps = task.sft_steps() if steps is None else steps
     path = sft_path(steps)
+    if path.is_file():  # built by prepare.py: training sees the data directory read-only
+        return path
     with open(task.data_dir() / "sft.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not path.is_file():

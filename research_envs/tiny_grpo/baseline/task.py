@@ -18,7 +18,6 @@ VOCAB_SIZE = 14
 PROMPT_LEN = 9
 ANSWER_LEN = 5  # four digits and <eos>
 SEQ_LEN = PROMPT_LEN + ANSWER_LEN
-VAL_SEED = 2024
 SFT_SEED = 1234
 
 
@@ -77,9 +76,22 @@ def sample_problems(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.T
     return prompts, answers
 
 
+def eval_data_dir() -> Path:
+    """Held-out data, visible to prepare and the evaluator only (never to training)."""
+    return env_path("IDEAFORGE_EVAL_DATA")
+
+
+def val_path() -> Path:
+    return eval_data_dir() / f"val-{val_size()}.pt"
+
+
 def val_problems() -> tuple[torch.Tensor, torch.Tensor]:
-    """The fixed held-out problems (same for every run of a profile)."""
-    return sample_problems(val_size(), torch.Generator().manual_seed(VAL_SEED))
+    """The fixed held-out problems (same for every run of a profile), drawn by prepare.py."""
+    path = val_path()
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing: run prepare.py first (the runner's prepare_command)")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    return saved["prompts"], saved["answers"]
 
 
 def reward(completions: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
