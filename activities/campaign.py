@@ -16,9 +16,15 @@ from ideaforge.llm.client import LLMError
 from ideaforge.llm.dedup import drop_duplicates
 from ideaforge.llm.providers import make_ideator, make_implementer
 from ideaforge.models import (
+    ArchiveChunk,
+    ArtifactRef,
     CampaignInput,
     EnvSpec,
     Idea,
+    IdeaDone,
+    IdeaOutcome,
+    IdeaResults,
+    IdeaSummary,
     IdeateRequest,
     IdeateResult,
     Implementation,
@@ -29,10 +35,11 @@ from ideaforge.models import (
     RecordIdeaRequest,
     RecordResult,
     SaveStateRequest,
+    SaveStateResult,
 )
 from ideaforge.names import idea_id, state_key
 from ideaforge.patch.package import pack_patched
-from ideaforge.store.artifacts import ObjectStore
+from ideaforge.store.artifacts import ObjectStore, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +53,48 @@ def _give_up_on_llm(e: LLMError) -> str:
     return f"LLM provider failed: {e}"
 
 
+def load_archive(store: ObjectStore, head: ArtifactRef | None) -> list[IdeaSummary]:
+    """Every idea in the archive chunks ending at ``head``, oldest first; each chunk is verified by sha256."""
+    chunks: list[list[IdeaSummary]] = []
+    seen: set[str] = set()
+    while head is not None:
+        if head.sha256 in seen:
+            raise StorageError(f"archive chunks form a cycle at {head.uri}")
+        seen.add(head.sha256)
+        chunk = ArchiveChunk.model_validate_json(store.get_bytes(head))
+        chunks.append(chunk.ideas)
+        head = chunk.prev
+    return [s for c in reversed(chunks) for s in c]
+
+
 def load_saved_state(store: ObjectStore, campaign: str) -> CampaignInput | None:
+    """The last saved state, with ``state.archive`` filled with every executed idea (from the store)."""
     raw = store.get_named(state_key(campaign))
-    return CampaignInput.model_validate_json(raw) if raw else None
+    if not raw:
+        return None
+    saved = CampaignInput.model_validate_json(raw)
+    flushed = load_archive(store, saved.state.archive_head)
+    ids = {s.idea_id for s in flushed}
+    # the population's entries are the latest word on an idea (confirmation seeds are added there)
+    latest = {p.idea_id: p for p in saved.state.population}
+    every = [*flushed, *(s for s in saved.state.recent if s.idea_id not in ids)]
+    saved.state.archive = [latest.get(s.idea_id, s) for s in every]
+    return saved
+
+
+def _as_summary(idea: Idea) -> IdeaSummary:
+    """An idea in flight, as an archive entry for deduplication (not executed yet)."""
+    return IdeaSummary(
+        idea_id=idea.idea_id,
+        epoch=idea.epoch,
+        title=idea.title,
+        text=idea.text[:4000],
+        origin=idea.origin,
+        parent_ids=idea.parent_ids,
+        recipe=idea.recipe,
+        status="failed",
+        seed=idea.seed,
+    )
 
 
 class CampaignActivities:
@@ -71,10 +117,55 @@ class CampaignActivities:
     async def describe_env(self, name: str) -> EnvSpec:
         return self.env(name).spec
 
+    @activity.defn(name=names.TRAIN_SLOTS)
+    async def train_slots(self) -> int:
+        """Training slots of this worker's settings: what a campaign keeps busy unless its config says."""
+        return self.settings.train_slots
+
+    @activity.defn(name=names.IDEA_RESULTS)
+    async def idea_results(self, ids: list[str]) -> IdeaResults:
+        """Outcomes of the given idea workflows that are closed (a re-attaching campaign asks for these)."""
+        from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
+        from temporalio.service import RPCError
+
+        client = activity.client()
+        out = IdeaResults()
+        for wid in ids:
+            handle = client.get_workflow_handle(wid, result_type=IdeaOutcome)
+            try:
+                desc = await handle.describe()
+            except RPCError as e:
+                log.warning("idea %s cannot be described (%s): left in flight", wid, e)
+                continue
+            if desc.status == WorkflowExecutionStatus.RUNNING:
+                continue
+            try:
+                o = await handle.result(follow_runs=False)
+                out.done.append(
+                    IdeaDone(
+                        summary=o.summary,
+                        revisions=o.revisions,
+                        usage=o.usage,
+                        mlflow_run_id=o.mlflow_run_id,
+                        error=(o.error or "")[:2000] or None,
+                    )
+                )
+            except WorkflowFailureError as e:
+                out.ended[wid] = f"idea workflow ended ({desc.status.name.lower()}) without a result: {e}"[:2000]
+        return out
+
     @activity.defn(name=names.IDEATE)
     async def ideate(self, req: IdeateRequest) -> IdeateResult:
-        """Human ideas first (verbatim), then the ideator's, deduplicated before any training time is spent."""
+        """Human ideas first (verbatim), then the ideator's, deduplicated before any training time is spent.
+
+        The request carries a bounded context; the full archive is read here from the store (``archive_ref``),
+        with the ideas in flight, so nothing already tried or running is proposed again."""
         env = self.env(req.env)
+        full = await asyncio.to_thread(load_archive, self.store, req.archive_ref)
+        ids = {s.idea_id for s in full}
+        full += [s for s in req.archive if s.idea_id not in ids]
+        full += [_as_summary(i) for i in req.in_flight]
+        req = req.model_copy(update={"archive": full})
         human = [
             Idea(
                 idea_id=idea_id(req.campaign, req.epoch, i),
@@ -133,20 +224,34 @@ class CampaignActivities:
         return await asyncio.to_thread(self.tracker.record_idea, req)
 
     @activity.defn(name=names.SAVE_STATE)
-    async def save_state(self, req: SaveStateRequest) -> None:
-        await asyncio.to_thread(self.store.put_named, state_key(req.campaign), req.state_json.encode())
-        await self._sync_rewards(req)
+    async def save_state(self, req: SaveStateRequest) -> SaveStateResult:
+        """Flush ``recent`` as a chunk (content-addressed, so a retry gives the same ref), save the state."""
+        res, flushed = await asyncio.to_thread(self._save_state, req)
+        if flushed:
+            await self._sync_rewards(req.campaign, flushed)
+        return res
 
-    async def _sync_rewards(self, req: SaveStateRequest) -> None:
-        """Rewards known only now (ideas that finished before the baseline) reach their MLflow runs; an MLflow
-        outage does not hold the saved state back (the next save tries again)."""
+    def _save_state(self, req: SaveStateRequest) -> tuple[SaveStateResult, list[IdeaSummary]]:
+        saved = CampaignInput.model_validate_json(req.state_json)
+        st = saved.state
+        flushed: list[IdeaSummary] = []
+        if req.flush and st.recent:
+            chunk = ArchiveChunk(prev=st.archive_head, ideas=st.recent)
+            st.archive_head = self.store.put_text(chunk.model_dump_json(), kind="archive")
+            flushed, st.recent = st.recent, []
+        st.archive = []
+        self.store.put_named(state_key(req.campaign), saved.model_dump_json().encode())
+        return SaveStateResult(head=st.archive_head), flushed
+
+    async def _sync_rewards(self, campaign: str, ideas: list[IdeaSummary]) -> None:
+        """Rewards reach the ideas' MLflow runs (a no-op where the idea workflow recorded them already); an
+        MLflow outage does not hold the saved state back."""
         from ideaforge.track.tracker import TrackingError, TrackingUnavailable
 
-        archive = CampaignInput.model_validate_json(req.state_json).state.archive
         try:
-            await asyncio.to_thread(self.tracker.sync_rewards, req.campaign, archive)
+            await asyncio.to_thread(self.tracker.sync_rewards, campaign, ideas)
         except (TrackingError, TrackingUnavailable) as e:
-            log.warning("rewards of %s not synced to MLflow yet: %s", req.campaign, e)
+            log.warning("rewards of %s not synced to MLflow yet: %s", campaign, e)
 
     def all(self) -> list:
         return [
@@ -157,4 +262,7 @@ class CampaignActivities:
             self.record_epoch,
             self.record_idea,
             self.save_state,
+            self.train_slots,
+            self.idea_results,
         ]
+

@@ -16,6 +16,7 @@ from ideaforge.names import NAME_RE, campaign_workflow_id
 Direction = Literal["min", "max"]
 ProviderKind = Literal["offline", "anthropic", "openai", "openai-compatible"]
 Strategy = Literal["evolution", "best_of_n", "random"]
+Schedule = Literal["sync", "steady"]
 Origin = Literal["baseline", "explore", "exploit", "human", "confirm"]
 IdeaStatus = Literal["ok", "failed"]
 FailureCategory = Literal[
@@ -283,10 +284,17 @@ class Usage(Strict):
 
 
 class SearchConfig(Strict):
+    """The search policy (workflows/selection.py): how much to exploit, which parents, how to explore."""
+
     strategy: Strategy = "evolution"
     exploit_start: float = Field(0.3, ge=0, le=1)
     exploit_end: float = Field(0.8, ge=0, le=1)
     parents: int = Field(4, ge=1, le=64)
+    explore_floor: float = Field(0.2, ge=0, le=1)  # at least this share of ideas explore from the baseline
+    crossover: float = Field(0.2, ge=0, le=1)  # share of exploit ideas that combine two good parents
+    ucb_c: float = Field(1.0, ge=0, le=10)  # exploration bonus of the parent rule, in units of the seed noise
+    max_changes: int = Field(3, ge=1, le=8)  # an explore idea of the offline ideator stacks 1..max_changes changes
+    population: int = Field(32, ge=2, le=256)  # parent candidates kept in workflow state (bounded)
 
 
 class CampaignConfig(Strict):
@@ -307,6 +315,11 @@ class CampaignConfig(Strict):
     confirm_top_k: int = Field(0, ge=0, le=16)
     confirm_seeds: int = Field(2, ge=1, le=16)
     budget_usd: float | None = Field(None, gt=0)
+    # scheduling: "steady" starts an idea the moment a training slot frees; "sync" is the paper's generations
+    schedule: Schedule = "steady"
+    slots: int | None = Field(None, ge=1, le=4096)  # training slots to keep busy (default: the worker's)
+    ahead: int | None = Field(None, ge=0, le=256)  # proposals implemented and waiting (default: max(1, slots/4))
+    ideate_batch: int = Field(16, ge=1, le=256)  # most ideas per ideate call in steady mode (the deficit)
 
     @field_validator("name")
     @classmethod
@@ -401,6 +414,29 @@ class IdeateRequest(Strict):
     human_ideas: list[str] = Field(default_factory=list)
     # what the campaign may still spend on LLM calls (None: no cap); the ideator stops before a call past it
     budget_left_usd: float | None = None
+    # steady-state campaigns: the policy's plan per idea, bounded context, the full archive by reference
+    plan: list[IdeaPlan] = Field(default_factory=list)
+    n_planned: int | None = None  # ideas planned before this batch: seeds the offline ideator (replayable)
+    archive_ref: ArtifactRef | None = None  # head of the archive chunks in the store (loaded by the activity)
+    in_flight: list[Idea] = Field(default_factory=list)  # running ideas: not to be proposed again
+    parent_stats: dict[str, ParentStats] = Field(default_factory=dict)
+    inspirations: list[IdeaSummary] = Field(default_factory=list)
+    noise: float | None = None  # seed noise of the metric (env.toml seed_noise)
+    max_changes: int = Field(3, ge=1, le=8)  # most changes one explore idea stacks (offline ideator)
+
+
+class IdeaPlan(Strict):
+    """What the search policy asks of one idea: no parent = explore, one = improve it, two = combine them."""
+
+    parent_ids: list[str] = Field(default_factory=list, max_length=2)
+
+
+class ParentStats(Strict):
+    """What the ideator is told about a parent: its delta against the baseline and how its children did."""
+
+    delta: float | None = None  # improvement over the baseline in the env's direction (positive = better)
+    children: int = 0  # children executed or in flight
+    child_deltas: list[float | None] = Field(default_factory=list)  # the last few; None = the child failed
 
 
 class IdeateResult(Strict):
@@ -483,6 +519,7 @@ class RunResult(Strict):
 
 class IdeaInput(Strict):
     campaign: str
+    await_baseline: bool = False  # hold the record until the campaign signals the baseline metric
     spec: EnvSpec
     idea: Idea
     profile: str = "default"
@@ -505,6 +542,23 @@ class IdeaOutcome(Strict):
     run: RunResult | None = None
     error: str | None = None
     orchestration_s: float = 0.0
+
+
+class IdeaDone(Strict):
+    """What a finished IdeaWorkflow signals to its campaign (bounded: no curve, no log)."""
+
+    summary: IdeaSummary
+    revisions: int = 0
+    usage: Usage = Field(default_factory=Usage)
+    mlflow_run_id: str | None = None
+    error: str | None = None
+
+
+class IdeaResults(Strict):
+    """Ideas that closed while their campaign was not listening: results, or why there is none."""
+
+    done: list[IdeaDone] = Field(default_factory=list)
+    ended: dict[str, str] = Field(default_factory=dict)  # idea id -> how it ended without a result
 
 
 class RecordIdeaRequest(Strict):
@@ -537,24 +591,73 @@ class RecordResult(Strict):
 
 
 class SaveStateRequest(Strict):
+    """Save the campaign state (a CampaignInput as JSON); with ``flush``, first append its ``recent`` ideas to
+    the archive as one chunk after its ``archive_head``."""
+
     campaign: str
     state_json: str
+    flush: bool = False
+
+
+class SaveStateResult(Strict):
+    head: ArtifactRef | None = None  # the new head of the archive chunks
+
+
+class ArchiveChunk(Strict):
+    """A run of completed ideas in the store, linked to the chunk before it (the archive is the chain)."""
+
+    prev: ArtifactRef | None = None
+    ideas: list[IdeaSummary]
 
 
 # --------------------------------------------------------------------------- workflow state
 
 
-class CampaignState(Strict):
-    """Carried across continue-as-new and stored after every epoch so ``resume`` can restart from it."""
+class EpochTally(Strict):
+    """An epoch being planned or still running: ``ideas_per_epoch`` ideas, one MLflow epoch run."""
 
-    next_epoch: int = 0
-    archive: list[IdeaSummary] = Field(default_factory=list)
+    epoch: int
+    run_id: str | None = None
+    planned: int = 0
+    done: int = 0
+    ok: int = 0
+    closed: bool = False  # no more ideas will be planned for it
+    best: float | None = None
+
+
+class CampaignState(Strict):
+    """Carried across continue-as-new and stored after every epoch so ``resume`` can restart from it.
+
+    Bounded whatever the campaign size: completed ideas go to the artifact store in chunks (``archive_head``);
+    the state keeps counters, the baseline, a bounded population of parent candidates, the ideas completed
+    since the last flush (``recent``) and the ideas in flight.
+    """
+
+    next_epoch: int = 0  # epochs completed
+    archive: list[IdeaSummary] = Field(default_factory=list)  # never carried: filled by load_saved_state
+    archive_head: ArtifactRef | None = None
+    recent: list[IdeaSummary] = Field(default_factory=list)
+    population: list[IdeaSummary] = Field(default_factory=list)
+    children: dict[str, list[float | None]] = Field(default_factory=dict)  # population id -> last child deltas
+    n_children: dict[str, int] = Field(default_factory=dict)  # population id -> children finished
     baseline_metric: float | None = None
+    baseline_planned: bool = False
+    baseline_done: bool = False  # the baseline finished (ok or not): ideas waiting for it can be rewarded
+    baseline_sent: bool = False  # ideas in flight have been told the baseline metric
     usage: Usage = Field(default_factory=Usage)
     pending_human_ideas: list[str] = Field(default_factory=list)
     paused: bool = False
     budget_exhausted: bool = False
     epoch_bests: list[float | None] = Field(default_factory=list)
+    slots: int | None = None
+    n_planned: int = 0
+    plan_epoch: int = 0
+    epochs_open: list[EpochTally] = Field(default_factory=list)
+    in_flight: dict[str, Idea] = Field(default_factory=dict)
+    ideas_done: int = 0
+    ideas_ok: int = 0
+    confirm_planned: bool = False
+    notes: list[str] = Field(default_factory=list)  # the last ideation shortfalls and errors (bounded)
 
 
 class CampaignInput(Strict):
@@ -579,9 +682,17 @@ class CampaignStatus(Strict):
     direction: Direction | None = None
     usage: Usage = Field(default_factory=Usage)
     epoch_bests: list[float | None] = Field(default_factory=list)
+    schedule: Schedule = "steady"
+    slots: int = 0
+    ideas_planned: int = 0
+    in_flight: list[str] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
 
 
 class CampaignResult(Strict):
+    """The end of a campaign. ``archive`` is the bounded population (the best ideas, the baseline, the confirm
+    re-runs); every executed idea is in the store under ``archive_ref`` (see ``load_archive``)."""
+
     name: str
     epochs_completed: int
     best: IdeaSummary | None
@@ -589,3 +700,5 @@ class CampaignResult(Strict):
     archive: list[IdeaSummary]
     usage: Usage
     stopped_reason: str = "completed"
+    ideas_done: int = 0
+    archive_ref: ArtifactRef | None = None

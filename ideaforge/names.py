@@ -20,6 +20,8 @@ RUN_EXPERIMENT = "run_experiment"
 RECORD_IDEA = "record_idea"
 RECORD_EPOCH = "record_epoch"
 SAVE_STATE = "save_state"
+TRAIN_SLOTS = "train_slots"  # the worker's training slots: a campaign's default number of slots to keep busy
+IDEA_RESULTS = "idea_results"  # outcomes of ideas that closed while their campaign was not listening
 
 # --------------------------------------------------------------------------- search attributes
 

@@ -209,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         store = open_store(settings)
         baseline = REPO / "tests" / "fixtures" / "envs" / "toy_quad" / "baseline"
         rows = []
-        for s in result.archive:
+        from ideaforge.activities.campaign import load_archive
+
+        for s in load_archive(store, result.archive_ref):  # every executed idea (result.archive is bounded)
             if s.title not in replayer.served:
                 continue  # the baseline run (no implementer)
             served = replayer.served[s.title]

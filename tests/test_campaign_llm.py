@@ -6,12 +6,14 @@ import asyncio
 import uuid
 
 import pytest
+from ideaforge.activities.campaign import load_archive
 from mlflow.tracking import MlflowClient
 
 from ideaforge.cli import campaigns
 from ideaforge.config import Settings
 from ideaforge.models import CampaignConfig, CampaignResult, ProviderConfig
 from ideaforge.names import experiment_name
+from ideaforge.store.artifacts import open_store
 from tests.fakes.llm_server import FakeLLMServer
 from tests.harness import running_worker
 
@@ -41,8 +43,8 @@ def test_campaign_runs_with_each_llm_protocol(
     name = f"llm-{kind.replace('-', '')}-{uuid.uuid4().hex[:6]}"
     with FakeLLMServer() as srv:
         srv.push_error(429, retry_after_ms=10)  # the first call is rate limited, then retried
-        cfg = CampaignConfig(
-            name=name, env="toy_quad", epochs=2, ideas_per_epoch=2, ideator=_provider(kind, srv)
+        cfg = CampaignConfig(  # sync epochs: epoch 1 is planned once epoch 0's ideas can be parents
+            name=name, env="toy_quad", epochs=2, ideas_per_epoch=2, ideator=_provider(kind, srv), schedule="sync"
         )
 
         async def go() -> CampaignResult:
@@ -53,7 +55,8 @@ def test_campaign_runs_with_each_llm_protocol(
         result = asyncio.run(go())
         sent_keys = {r.headers.get("x-api-key") or r.headers.get("authorization", "") for r in srv.requests}
     assert result.epochs_completed == 2
-    llm_ideas = [s for s in result.archive if s.origin in ("explore", "exploit")]
+    archive = load_archive(open_store(served_settings), result.archive_ref)  # every executed idea
+    llm_ideas = [s for s in archive if s.origin in ("explore", "exploit")]
     assert len(llm_ideas) == 4 and all(s.recipe is None for s in llm_ideas)
     assert sum(s.status == "ok" for s in llm_ideas) >= 3, [(s.title, s.category) for s in llm_ideas]
     assert any(s.origin == "exploit" and s.parent_ids for s in llm_ideas if s.epoch == 1)

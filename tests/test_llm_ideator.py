@@ -9,7 +9,7 @@ import pytest
 
 from ideaforge.llm.ideator import LLMIdeator, parse_ideas, parse_ideas_lenient
 from ideaforge.llm.providers import make_ideator
-from ideaforge.models import IdeaSummary, IdeateRequest, ProviderConfig
+from ideaforge.models import IdeaSummary, IdeateRequest, ParentStats, ProviderConfig
 from ideaforge.names import idea_id
 from ideaforge.store.artifacts import LocalStore
 from tests.fakes.llm_server import FakeLLMServer, write_tiny_env
@@ -371,3 +371,17 @@ def test_ideate_activity_gives_an_80_idea_epoch_on_a_cpu_env(server, tmp_path):
     assert [i.index for i in res.ideas] == list(range(81)) and res.ideas[0].origin == "human"
     assert res.usage.calls >= 8 and res.usage.cost_usd > 0
     assert all("Guidance for this environment" in r.system for r in server.requests)
+
+
+def test_parents_come_with_their_diff_and_their_childrens_outcomes(server, env, store):
+    diff = "--- a/train.py\n+++ b/train.py\n@@ -1 +1 @@\n-LR = 0.1\n+LR = 0.05\n"
+    parent = summary(0, "Lower learning rate", 0.5).model_copy(update={"diff": store.put_text(diff, kind="diff")})
+    p = prov(server)
+    req = request(
+        p, epoch=1, n=2, exploit_share=1.0, parents=[parent], archive=[parent], baseline_metric=0.9,
+        parent_stats={parent.idea_id: ParentStats(delta=0.4, children=3, child_deltas=[0.1, None])},
+    )  # fmt: skip
+    asyncio.run(LLMIdeator(p, store=store).propose(req, env))
+    exploit = next(r for r in server.requests if "Task: exploit" in r.prompt)
+    assert "+LR = 0.05" in exploit.prompt, "the parent's diff is shown"
+    assert "Children so far: 3" in exploit.prompt and "+0.1, failed" in exploit.prompt

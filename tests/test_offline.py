@@ -9,7 +9,7 @@ import pytest
 from ideaforge.research_envs.registry import load_env
 
 from ideaforge.llm.offline import OfflineIdeator, OfflineImplementer, canonical, recipe_from_text
-from ideaforge.models import IdeaSummary, IdeateRequest, ImplementRequest, Mutation, ProviderConfig
+from ideaforge.models import IdeaPlan, IdeaSummary, IdeateRequest, ImplementRequest, Mutation, ProviderConfig
 from ideaforge.names import idea_id
 from ideaforge.patch.package import patched_tree
 from ideaforge.store.artifacts import LocalStore
@@ -25,12 +25,47 @@ def _req(**kw) -> IdeateRequest:
 
 def test_epoch0_ideas_are_distinct_single_changes_with_deterministic_ids() -> None:
     env = load_env("toy_quad", FIXTURES)
-    res = asyncio.run(OfflineIdeator().propose(_req(), env))
+    res = asyncio.run(OfflineIdeator().propose(_req(max_changes=1), env))
     assert [i.idea_id for i in res.ideas] == [idea_id("c", 0, k) for k in range(4)]
     assert all(i.origin == "explore" and len(i.recipe) == 1 for i in res.ideas)
     assert len({canonical(i.recipe) for i in res.ideas}) == 4
-    again = asyncio.run(OfflineIdeator().propose(_req(), env))
+    again = asyncio.run(OfflineIdeator().propose(_req(max_changes=1), env))
     assert [i.recipe for i in again.ideas] == [i.recipe for i in res.ideas], "same seed must give same ideas"
+
+
+def test_evolution_explores_with_several_changes_and_is_seeded_by_position_not_name() -> None:
+    env = load_env("toy_quad", FIXTURES)
+    res = asyncio.run(OfflineIdeator().propose(_req(n=12, n_planned=5, max_changes=3), env))
+    sizes = [len(canonical(i.recipe)) for i in res.ideas]
+    assert len(res.ideas) == 12 and min(sizes) == 1 and max(sizes) > 1 and max(sizes) <= 3
+    other = asyncio.run(OfflineIdeator().propose(_req(campaign="other", n=12, n_planned=5, max_changes=3), env))
+    assert [i.recipe for i in other.ideas] == [i.recipe for i in res.ideas], "paired campaigns draw alike"
+
+
+def _ok(i: int, recipe: list[Mutation], metric: float) -> IdeaSummary:
+    return IdeaSummary(
+        idea_id=idea_id("c", 0, i), epoch=0, title=f"t{i}", text="t", origin="explore",
+        recipe=recipe, status="ok", metric=metric,
+    )  # fmt: skip
+
+
+def test_crossover_combines_two_parents_recipes() -> None:
+    env = load_env("toy_quad", FIXTURES)
+    a = _ok(1, [Mutation(op="knob:lr", value=0.2)], 0.5)
+    b = _ok(2, [Mutation(op="knob:momentum", value=0.5)], 0.6)
+    plan = [IdeaPlan(parent_ids=[a.idea_id, b.idea_id])]
+    res = asyncio.run(OfflineIdeator().propose(_req(epoch=1, n=1, plan=plan, parents=[a, b], archive=[a, b]), env))
+    (idea,) = res.ideas
+    assert canonical(idea.recipe) == canonical([*a.recipe, *b.recipe])
+    assert idea.parent_ids == [a.idea_id, b.idea_id] and idea.origin == "exploit"
+
+
+def test_ideas_past_the_catalogue_are_reported_not_dropped() -> None:
+    env = load_env("toy_quad", FIXTURES)
+    res = asyncio.run(OfflineIdeator().propose(_req(n=60, max_changes=1), env))
+    assert len(res.ideas) < 60
+    assert len(res.errors) == 60 - len(res.ideas)
+    assert all("catalogue exhausted" in e for e in res.errors)
 
 
 def test_exploit_ideas_extend_a_parent_and_skip_tried_recipes() -> None:

@@ -1,21 +1,40 @@
-"""CampaignWorkflow: the epoch loop of one research campaign (id ``campaign-<name>``).
+"""CampaignWorkflow: one research campaign (id ``campaign-<name>``), scheduled to keep training slots busy.
 
-Each run of the workflow executes ONE epoch — ideate, one child IdeaWorkflow per idea, select — then saves the
-campaign state and continues-as-new, so history stays small however long the campaign runs and ``resume``
-can restart a failed or terminated campaign from its last completed epoch.
+Scheduling (``config.schedule``):
+- ``steady`` (default): ideas are planned in small batches whenever fewer than ``slots + ahead`` ideas are in
+  flight, so every training slot is busy and at least one proposal is implemented and waiting for a slot.
+- ``sync``: the paper's generations: epoch e+1 is planned only when every idea of epoch e has finished.
+
+An epoch is ``ideas_per_epoch`` ideas (plus the baseline in epoch 0): it drives the exploit schedule, the MLflow
+epoch run and the reports, and closes when all its ideas have finished. Idea children are started with
+ParentClosePolicy.ABANDON and report completion with the ``idea_done`` signal, so a continue-as-new (after
+each epoch, or when the history grows long) never kills an idea in flight: the next run carries their ids
+and re-attaches. Workflow state stays bounded whatever the campaign size: completed ideas go to the artifact
+store in chunks (``save_state``), the state keeps counters, the baseline, a bounded population of parent
+candidates and the ideas in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from ideaforge.workflows.idea import CPU_RETRY, RECORD_RETRY, IdeaWorkflow
-    from ideaforge.workflows.selection import confirm_candidates, exploit_share, select_parents
+    from ideaforge.workflows.selection import (
+        CHILD_HISTORY,
+        confirm_candidates,
+        delta,
+        exploit_share,
+        plan_ideas,
+        update_population,
+    )
 
     from ideaforge import names
     from ideaforge.models import (
@@ -25,30 +44,39 @@ with workflow.unsafe.imports_passed_through():
         CampaignState,
         CampaignStatus,
         EnvSpec,
+        EpochTally,
         Idea,
+        IdeaDone,
         IdeaInput,
-        IdeaOutcome,
+        IdeaResults,
         IdeaSummary,
         IdeateRequest,
         IdeateResult,
+        ParentStats,
         RecordEpochRequest,
         RecordResult,
         SaveStateRequest,
+        SaveStateResult,
     )
     from ideaforge.names import BEST_METRIC, ENV, EPOCH, experiment_name, idea_id
     from ideaforge.ranking import best_idea, score
-    from ideaforge.rewards import compute_reward
+
+CHUNK = 32  # completed ideas per archive chunk in the store
+MAX_NOTES = 10
+HISTORY_LIMIT = 8_000  # events per run before a continue-as-new (Temporal warns at 10k, fails at 50k)
+N_INSPIRATIONS = 3
+
 
 @workflow.defn(name="CampaignWorkflow")
 class CampaignWorkflow:
     @workflow.init
     def __init__(self, inp: CampaignInput) -> None:
         # state is set here, not in run(): signals delivered with the first task must land on the real state
-        self._config: CampaignConfig | None = inp.config
+        self._config: CampaignConfig = inp.config
         self._state: CampaignState = inp.state
         self._spec: EnvSpec | None = None
         self._phase = "starting"
-        self._running: dict[str, str] = {}
+        self._watches: list[asyncio.Task] = []
 
     # ------------------------------------------------------------------ signals and queries
 
@@ -63,45 +91,58 @@ class CampaignWorkflow:
 
     @workflow.signal
     def inject_idea(self, text: str) -> None:
-        """A human idea: it is executed in the next epoch, ahead of the ideator's."""
+        """A human idea: it is planned next, ahead of the ideator's."""
         text = text.strip()
         if text:
             self._state.pending_human_ideas.append(text[:4000])
 
+    @workflow.signal
+    def idea_done(self, done: IdeaDone) -> None:
+        """An idea of this campaign finished (sent by the IdeaWorkflow itself, to whichever run is current)."""
+        self._absorb(done)
+
     @workflow.query
     def status(self) -> CampaignStatus:
-        cfg = self._config
-        archive = self._state.archive
+        cfg, st = self._config, self._state
         direction = self._spec.direction if self._spec else None
-        best = best_idea(archive, direction) if direction else None
+        best = best_idea(st.population, direction) if direction else None
         return CampaignStatus(
-            name=cfg.name if cfg else "",
-            env=cfg.env if cfg else "",
+            name=cfg.name,
+            env=cfg.env,
             phase=self._phase,
-            epoch=self._state.next_epoch,
-            epochs=cfg.epochs if cfg else 0,
-            paused=self._state.paused,
-            ideas_done=len(archive),
-            ideas_ok=sum(s.status == "ok" for s in archive),
-            ideas_failed=sum(s.status != "ok" for s in archive),
-            ideas_running=len(self._running),
+            epoch=st.next_epoch,
+            epochs=cfg.epochs,
+            paused=st.paused,
+            ideas_done=st.ideas_done,
+            ideas_ok=st.ideas_ok,
+            ideas_failed=st.ideas_done - st.ideas_ok,
+            ideas_running=len(st.in_flight),
             best_metric=score(best) if best else None,
             best_idea=best.idea_id if best else None,
-            baseline_metric=self._state.baseline_metric,
+            baseline_metric=st.baseline_metric,
             direction=direction,
-            usage=self._state.usage,
-            epoch_bests=self._state.epoch_bests,
+            usage=st.usage,
+            epoch_bests=st.epoch_bests,
+            schedule=cfg.schedule,
+            slots=st.slots or 0,
+            ideas_planned=st.n_planned,
+            in_flight=sorted(st.in_flight),
+            notes=st.notes,
         )
 
     @workflow.query
     def archive(self) -> list[IdeaSummary]:
-        return self._state.archive
+        """A bounded view: the population of parent candidates and the ideas completed since the last flush.
+
+        Every executed idea is in the store (``load_archive`` on the saved state's ``archive_head``)."""
+        seen = {s.idea_id for s in self._state.recent}
+        return [*self._state.recent, *(s for s in self._state.population if s.idea_id not in seen)]
 
     # ------------------------------------------------------------------ main loop
 
     @workflow.run
     async def run(self, inp: CampaignInput) -> CampaignResult:
-        cfg = inp.config
+        cfg, st = self._config, self._state
         self._spec = spec = await workflow.execute_activity(
             names.DESCRIBE_ENV,
             cfg.env,
@@ -110,101 +151,202 @@ class CampaignWorkflow:
             start_to_close_timeout=timedelta(minutes=1),
             retry_policy=CPU_RETRY,
         )
-        workflow.upsert_search_attributes([ENV.value_set(spec.name), EPOCH.value_set(self._state.next_epoch)])
-        epoch = self._state.next_epoch
-        if epoch < cfg.epochs and not self._state.budget_exhausted:
-            await self._wait_unpaused()
-            await self._run_epoch(cfg, spec, epoch)
-            self._state.next_epoch = epoch + 1
-            await self._save_state(cfg)
-            if self._state.next_epoch < cfg.epochs and not self._state.budget_exhausted:
-                self._phase = "continuing"
-                await workflow.wait_condition(workflow.all_handlers_finished)
-                workflow.continue_as_new(CampaignInput(config=cfg, state=self._state))
-        if cfg.confirm_top_k and not any(s.origin == "confirm" for s in self._state.archive):
-            await self._confirm(cfg, spec)
-            await self._save_state(cfg)
+        if st.slots is None:
+            st.slots = cfg.slots or await workflow.execute_activity(
+                names.TRAIN_SLOTS,
+                result_type=int,
+                task_queue=names.CPU_QUEUE,
+                start_to_close_timeout=timedelta(minutes=1),
+                retry_policy=CPU_RETRY,
+            )
+        self._upsert(EPOCH.value_set(st.next_epoch))
+        try:
+            if st.in_flight:
+                await self._reattach()
+            await self._loop(cfg, spec)
+        except asyncio.CancelledError:
+            await self._cancel_in_flight()
+            raise
         self._phase = "completed"
-        best = best_idea(self._state.archive, spec.direction)
+        await self._flush()
+        best = best_idea(st.population, spec.direction)
         return CampaignResult(
             name=cfg.name,
-            epochs_completed=self._state.next_epoch,
+            epochs_completed=st.next_epoch,
             best=best,
-            baseline_metric=self._state.baseline_metric,
-            archive=self._state.archive,
-            usage=self._state.usage,
-            stopped_reason="budget_exhausted" if self._state.budget_exhausted else "completed",
+            baseline_metric=st.baseline_metric,
+            archive=self.archive(),
+            usage=st.usage,
+            stopped_reason="budget_exhausted" if st.budget_exhausted else "completed",
+            ideas_done=st.ideas_done,
+            archive_ref=st.archive_head,
         )
 
-    async def _wait_unpaused(self) -> None:
-        if self._state.paused:
-            self._phase = "paused"
-            await workflow.wait_condition(lambda: not self._state.paused)
+    async def _loop(self, cfg: CampaignConfig, spec: EnvSpec) -> None:
+        st = self._state
+        while True:
+            await self._tell_baseline()
+            await self._close_epochs(cfg, spec)
+            if len(st.recent) >= CHUNK:
+                await self._flush()
+            if self._history_long():
+                await self._continue_as_new()
+            if self._planning_done(cfg) and not st.in_flight and not st.epochs_open:
+                if cfg.confirm_top_k and not st.confirm_planned and not st.budget_exhausted:
+                    await self._start_confirm(cfg, spec)
+                    continue
+                return
+            if self._want_more(cfg):
+                if await self._plan_and_start(cfg, spec):
+                    continue
+            self._phase = self._idle_phase(cfg)
+            await workflow.wait_condition(lambda: self._changed(cfg))
 
-    async def _run_epoch(self, cfg: CampaignConfig, spec: EnvSpec, epoch: int) -> None:
-        self._phase = f"epoch {epoch}: ideating"
-        epoch_run = await self._record_epoch(cfg, spec, epoch, summary=None)
-        ideas = await self._ideate(cfg, spec, epoch)
-        self._phase = f"epoch {epoch}: running {len(ideas)} ideas"
-        outcomes = await asyncio.gather(
-            *(self._run_idea(cfg, spec, idea, epoch_run.run_id) for idea in ideas)
+    def _changed(self, cfg: CampaignConfig) -> bool:
+        """Something for the loop to do: an idea finished, an epoch closed, or room for more ideas."""
+        st = self._state
+        return (
+            self._epoch_ready()
+            or len(st.recent) >= CHUNK
+            or (st.baseline_done and not st.baseline_sent)
+            or self._want_more(cfg)
+            or (self._planning_done(cfg) and not st.in_flight)
         )
-        self._absorb(spec, outcomes)
-        ok = [o.summary for o in outcomes if o.summary.status == "ok" and o.summary.metric is not None]
-        best_now = best_idea(ok, spec.direction)
-        self._state.epoch_bests.append(best_now.metric if best_now else None)
-        overall = best_idea(self._state.archive, spec.direction)
-        attrs = [EPOCH.value_set(epoch)]
-        if overall is not None and overall.metric is not None:
-            attrs.append(BEST_METRIC.value_set(float(overall.metric)))
-        workflow.upsert_search_attributes(attrs)
-        summary = {
-            "ideas": float(len(outcomes)),
-            "ideas_ok": float(len(ok)),
-            "execution_rate": len(ok) / len(outcomes) if outcomes else 0.0,
-        }
-        if best_now is not None and best_now.metric is not None:
-            summary["epoch_best_metric"] = best_now.metric
-        if overall is not None and overall.metric is not None:
-            summary["best_metric"] = overall.metric
-        await self._record_epoch(cfg, spec, epoch, summary=summary, run_id=epoch_run.run_id)
 
-    async def _ideate(self, cfg: CampaignConfig, spec: EnvSpec, epoch: int) -> list[Idea]:
-        ideas: list[Idea] = []
-        have_baseline = any(s.origin == "baseline" for s in self._state.archive)
-        if cfg.run_baseline and not have_baseline:
-            ideas.append(
-                Idea(
-                    idea_id=idea_id(cfg.name, epoch, 0),
-                    epoch=epoch,
-                    index=0,
-                    title="baseline",
-                    text="The unmodified baseline codebase.",
-                    origin="baseline",
-                    seed=cfg.seed,
-                )
-            )
-        human, self._state.pending_human_ideas = self._state.pending_human_ideas, []
+    def _idle_phase(self, cfg: CampaignConfig) -> str:
+        st = self._state
+        if st.paused:
+            return f"paused ({len(st.in_flight)} ideas finishing)"
+        if st.confirm_planned:
+            return f"confirming ({len(st.in_flight)} runs)"
+        return f"epoch {st.next_epoch}: {len(st.in_flight)} ideas in flight"
+
+    # ------------------------------------------------------------------ planning
+
+    def _target(self, cfg: CampaignConfig) -> int:
+        slots = self._state.slots or 1
+        ahead = cfg.ahead if cfg.ahead is not None else max(1, slots // 4)
+        return slots + ahead
+
+    def _planning_done(self, cfg: CampaignConfig) -> bool:
+        st = self._state
+        return st.budget_exhausted or st.plan_epoch >= cfg.epochs
+
+    def _want_more(self, cfg: CampaignConfig) -> bool:
+        st = self._state
+        if st.paused or self._planning_done(cfg):
+            return False
+        if cfg.schedule == "sync":
+            return not st.in_flight and not st.epochs_open
+        return len(st.in_flight) < self._target(cfg)
+
+    async def _plan_and_start(self, cfg: CampaignConfig, spec: EnvSpec) -> bool:
+        """Plan one batch (an epoch in sync mode), start its ideas; False when nothing could be planned."""
+        st = self._state
         if self._budget_left(cfg) is False:
-            self._state.budget_exhausted = True
-            return ideas
-        parents = select_parents(self._state.archive, spec.direction, cfg.search.parents)
+            st.budget_exhausted = True
+            for t in st.epochs_open:
+                t.closed = True
+            self._note(f"budget of ${cfg.budget_usd} spent: no more ideas are planned")
+            return False
+        tally = await self._open_epoch(cfg, spec)
+        size = self._epoch_size(cfg, tally.epoch)
+        ideas: list[Idea] = []
+        if cfg.run_baseline and not st.baseline_planned:
+            ideas.append(self._idea(cfg, tally, "baseline", "The unmodified baseline codebase.", "baseline"))
+            st.baseline_planned = True
+        if cfg.schedule == "sync":
+            n = size - tally.planned
+        else:
+            room = self._target(cfg) - len(st.in_flight) - len(ideas)
+            n = min(room, cfg.ideate_batch, size - tally.planned)
+        if n > 0:
+            ideas.extend(await self._ideate(cfg, spec, tally, n))
+        if cfg.schedule == "sync" or tally.planned >= size or not ideas:
+            tally.closed = True
+            st.plan_epoch = tally.epoch + 1
+        await asyncio.gather(*(self._start_idea(cfg, spec, idea, tally.run_id) for idea in ideas))
+        if ideas:
+            await self._save_state()
+        return bool(ideas)
+
+    async def _open_epoch(self, cfg: CampaignConfig, spec: EnvSpec) -> EpochTally:
+        st = self._state
+        for t in st.epochs_open:
+            if t.epoch == st.plan_epoch and not t.closed:
+                return t
+        t = EpochTally(epoch=st.plan_epoch)
+        t.run_id = (await self._record_epoch(cfg, spec, t.epoch, summary=None)).run_id
+        st.epochs_open.append(t)
+        return t
+
+    def _epoch_size(self, cfg: CampaignConfig, epoch: int) -> int:
+        """Ideas of an epoch: ``ideas_per_epoch``, plus the baseline in epoch 0."""
+        return cfg.ideas_per_epoch + (1 if epoch == 0 and cfg.run_baseline else 0)
+
+    def _idea(self, cfg: CampaignConfig, tally: EpochTally, title: str, text: str, origin: str) -> Idea:
+        """A new idea numbered next in its epoch (the tally counts it as planned)."""
+        index = tally.planned
+        tally.planned += 1
+        return Idea(
+            idea_id=idea_id(cfg.name, tally.epoch, index),
+            epoch=tally.epoch,
+            index=index,
+            title=title,
+            text=text,
+            origin=origin,  # type: ignore[arg-type]
+            seed=cfg.seed,
+        )
+
+    async def _ideate(self, cfg: CampaignConfig, spec: EnvSpec, tally: EpochTally, n: int) -> list[Idea]:
+        st = self._state
+        human, st.pending_human_ideas = st.pending_human_ideas[:n], st.pending_human_ideas[n:]
+        noise = spec.seed_noise or 0.0
+        rng = random.Random(f"{cfg.seed}:{st.n_planned}")
+        child_counts = dict(st.n_children)
+        for idea in st.in_flight.values():
+            for pid in idea.parent_ids:
+                child_counts[pid] = child_counts.get(pid, 0) + 1
+        share = exploit_share(tally.epoch, cfg.epochs, cfg.search.exploit_start, cfg.search.exploit_end)
+        plan = plan_ideas(
+            n - len(human), st.population, child_counts, st.baseline_metric, noise, spec.direction,
+            cfg.search, share, rng,
+        )  # fmt: skip
+        by_id = {s.idea_id: s for s in st.population}
+        parent_ids = list(dict.fromkeys(pid for p in plan for pid in p.parent_ids))
+        parents = [by_id[pid] for pid in parent_ids]
+        others = [s for s in st.population if s.idea_id not in parent_ids and s.origin != "baseline"]
         req = IdeateRequest(
             campaign=cfg.name,
             env=cfg.env,
-            epoch=epoch,
-            n=cfg.ideas_per_epoch,
+            epoch=tally.epoch,
+            n=n,
             seed=cfg.seed,
             provider=cfg.ideator,
             strategy=cfg.search.strategy,
-            exploit_share=exploit_share(epoch, cfg.epochs, cfg.search.exploit_start, cfg.search.exploit_end),
-            parents=parents if cfg.search.strategy == "evolution" else [],
-            archive=self._state.archive,
-            baseline_metric=self._state.baseline_metric,
+            exploit_share=sum(bool(p.parent_ids) for p in plan) / len(plan) if plan else 0.0,
+            parents=parents,
+            archive=[*st.population, *st.recent],
+            baseline_metric=st.baseline_metric,
             human_ideas=human,
+            plan=plan,
+            n_planned=st.n_planned,
+            archive_ref=st.archive_head,
+            in_flight=list(st.in_flight.values()),
+            parent_stats={
+                p.idea_id: ParentStats(
+                    delta=delta(p, st.baseline_metric, spec.direction),
+                    children=child_counts.get(p.idea_id, 0),
+                    child_deltas=st.children.get(p.idea_id, [])[-CHILD_HISTORY:],
+                )
+                for p in parents
+            },
+            inspirations=rng.sample(others, min(N_INSPIRATIONS, len(others))),
+            noise=spec.seed_noise,
+            max_changes=cfg.search.max_changes,
+            budget_left_usd=None if cfg.budget_usd is None else max(0.0, cfg.budget_usd - st.usage.cost_usd),
         )
-        # ideas are numbered after the baseline slot
-        offset = len(ideas)
+        self._phase = f"epoch {tally.epoch}: ideating {n}"
         res = await workflow.execute_activity(
             names.IDEATE,
             req,
@@ -214,32 +356,39 @@ class CampaignWorkflow:
             heartbeat_timeout=timedelta(minutes=5),
             retry_policy=CPU_RETRY,
         )
-        self._state.usage = self._state.usage + res.usage
-        for i, idea in enumerate(res.ideas):
-            index = offset + i
-            ideas.append(idea.model_copy(update={"index": index, "idea_id": idea_id(cfg.name, epoch, index)}))
-        return ideas
+        st.usage = st.usage + res.usage
+        for e in res.errors:
+            self._note(f"epoch {tally.epoch}: {e}")
+        if len(res.ideas) < n:
+            self._note(f"epoch {tally.epoch}: asked for {n} ideas, got {len(res.ideas)}")
+        room = self._epoch_size(cfg, tally.epoch) - tally.planned
+        return [
+            self._idea(cfg, tally, i.title, i.text, i.origin).model_copy(
+                update={"parent_ids": i.parent_ids, "recipe": i.recipe, "seed": i.seed}
+            )
+            for i in res.ideas[: max(0, room)]
+        ]
 
     def _budget_left(self, cfg: CampaignConfig) -> bool | None:
         if cfg.budget_usd is None:
             return None
         return self._state.usage.cost_usd < cfg.budget_usd
 
-    async def _run_idea(
-        self,
-        cfg: CampaignConfig,
-        spec: EnvSpec,
-        idea: Idea,
-        epoch_run_id: str | None,
-        reuse: IdeaSummary | None = None,
-    ) -> IdeaOutcome:
-        await self._wait_unpaused()
-        parent = next(
-            (s for s in self._state.archive if idea.parent_ids and s.idea_id == idea.parent_ids[0]), None
-        )
-        self._running[idea.idea_id] = idea.title
+    def _note(self, text: str) -> None:
+        workflow.logger.info("campaign %s: %s", self._config.name, text)
+        self._state.notes = [*self._state.notes, text[:300]][-MAX_NOTES:]
+
+    # ------------------------------------------------------------------ ideas in flight
+
+    async def _start_idea(self, cfg: CampaignConfig, spec: EnvSpec, idea: Idea, epoch_run_id: str | None) -> None:
+        st = self._state
+        st.n_planned += 1
+        by_id = {s.idea_id: s for s in st.population}
+        parent = by_id.get(idea.parent_ids[0]) if idea.parent_ids else None
+        source = by_id.get(idea.code_from) if idea.code_from else None
+        st.in_flight[idea.idea_id] = idea
         try:
-            return await workflow.execute_child_workflow(
+            handle = await workflow.start_child_workflow(
                 IdeaWorkflow.run,
                 IdeaInput(
                     campaign=cfg.name,
@@ -250,40 +399,173 @@ class CampaignWorkflow:
                     max_revisions=cfg.max_revisions,
                     parallel_samples=cfg.parallel_samples,
                     parent_diff=parent.diff if parent else None,
-                    reuse_code=reuse.code if reuse else None,
-                    reuse_diff=reuse.diff if reuse else None,
+                    reuse_code=source.code if source else None,
+                    reuse_diff=source.diff if source else None,
                     epoch_run_id=epoch_run_id,
                     experiment=experiment_name(cfg.name),
-                    baseline_metric=self._state.baseline_metric,
+                    baseline_metric=st.baseline_metric,
+                    await_baseline=cfg.run_baseline and not st.baseline_done,
                 ),
                 id=idea.idea_id,
                 task_queue=names.ORCHESTRATOR_QUEUE,
                 id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                parent_close_policy=ParentClosePolicy.ABANDON,
             )
-        finally:
-            self._running.pop(idea.idea_id, None)
+        except WorkflowAlreadyStartedError:
+            return  # still running from before a restart: its idea_done signal will come here
+        self._watches.append(asyncio.create_task(self._watch(handle, idea)))
 
-    def _absorb(self, spec: EnvSpec, outcomes: list[IdeaOutcome]) -> None:
-        """Add outcomes to the archive; fix the baseline metric and (re)compute rewards against it."""
-        for o in outcomes:
-            self._state.usage = self._state.usage + o.usage
-            if o.summary.origin == "baseline" and o.summary.status == "ok":
-                self._state.baseline_metric = o.summary.metric
-            self._state.archive.append(o.summary)
-        for s in self._state.archive:
-            if s.reward is None and (s.status != "ok" or self._state.baseline_metric is not None):
-                s.reward = compute_reward(
-                    s.metric if s.status == "ok" else None, self._state.baseline_metric, spec
-                )
+    async def _watch(self, handle, idea: Idea) -> None:
+        """A child that fails or is terminated sends no signal: record it as a failed idea."""
+        try:
+            await handle
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any end of the child other than success is a failed idea
+            self._absorb(self._failed(idea, f"idea workflow ended without a result: {e}"))
 
-    async def _confirm(self, cfg: CampaignConfig, spec: EnvSpec) -> None:
+    @staticmethod
+    def _failed(idea: Idea, error: str) -> IdeaDone:
+        return IdeaDone(
+            summary=IdeaSummary(
+                idea_id=idea.idea_id,
+                epoch=idea.epoch,
+                title=idea.title,
+                text=idea.text[:4000],
+                origin=idea.origin,
+                parent_ids=idea.parent_ids,
+                recipe=idea.recipe,
+                status="failed",
+                category="crashed",
+                reward=None,
+                seed=idea.seed,
+            ),
+            error=error[:2000],
+        )
+
+    async def _reattach(self) -> None:
+        """After a continue-as-new or a restart: pick up the results of ideas that closed meanwhile."""
+        res = await workflow.execute_activity(
+            names.IDEA_RESULTS,
+            list(self._state.in_flight),
+            result_type=IdeaResults,
+            task_queue=names.CPU_QUEUE,
+            start_to_close_timeout=timedelta(minutes=2),
+            retry_policy=CPU_RETRY,
+        )
+        for d in res.done:
+            self._absorb(d)
+        for wid, why in res.ended.items():
+            idea = self._state.in_flight.get(wid)
+            if idea is not None:
+                self._absorb(self._failed(idea, why))
+
+    def _absorb(self, done: IdeaDone) -> None:
+        """Take a finished idea into the state (once): counters, epoch tally, population, children, recent."""
+        st, s = self._state, done.summary
+        idea = st.in_flight.pop(s.idea_id, None)
+        if idea is None:
+            return  # already absorbed (a signal and a watch, or a re-attach, can both report one idea)
+        direction = self._spec.direction if self._spec else "min"
+        st.usage = st.usage + done.usage
+        st.ideas_done += 1
+        st.ideas_ok += s.status == "ok"
+        if s.origin == "baseline":
+            st.baseline_done = True
+            if s.status == "ok":
+                st.baseline_metric = s.metric
+        if s.origin == "confirm":
+            for cand in st.population:
+                if s.parent_ids and cand.idea_id == s.parent_ids[0] and s.status == "ok" and s.metric is not None:
+                    cand.confirmed_metrics.append(s.metric)
+        else:
+            for t in st.epochs_open:
+                if t.epoch == s.epoch:
+                    t.done += 1
+                    if s.status == "ok" and s.metric is not None:
+                        t.ok += 1
+                        if t.best is None or self._better(s.metric, t.best):
+                            t.best = s.metric
+            for pid in s.parent_ids:
+                if pid in {p.idea_id for p in st.population}:
+                    d = delta(s, st.baseline_metric, direction) if s.status == "ok" else None
+                    st.children[pid] = [*st.children.get(pid, []), d][-CHILD_HISTORY:]
+                    st.n_children[pid] = st.n_children.get(pid, 0) + 1
+            size = self._config.search.population
+            st.population = update_population(st.population, s, direction, size)
+            keep = {p.idea_id for p in st.population}
+            st.children = {k: v for k, v in st.children.items() if k in keep}
+            st.n_children = {k: v for k, v in st.n_children.items() if k in keep}
+        st.recent.append(s)
+
+    def _better(self, a: float, b: float) -> bool:
+        return self._spec.better(a, b) if self._spec else a < b
+
+    async def _tell_baseline(self) -> None:
+        """Once the baseline finished, tell the ideas in flight that wait for it to compute their reward."""
+        st = self._state
+        if not st.baseline_done or st.baseline_sent:
+            return
+        st.baseline_sent = True
+        for wid in list(st.in_flight):
+            try:
+                await workflow.get_external_workflow_handle(wid).signal("baseline_known", st.baseline_metric)
+            except Exception as e:  # noqa: BLE001 - an idea that already finished needs no signal
+                workflow.logger.debug("baseline signal to %s not delivered: %s", wid, e)
+
+    async def _cancel_in_flight(self) -> None:
+        """The campaign was cancelled: cancel its ideas too (they are ABANDONed, so nothing else would)."""
+        for wid in list(self._state.in_flight):
+            try:
+                await workflow.get_external_workflow_handle(wid).cancel()
+            except Exception as e:  # noqa: BLE001 - already finished
+                workflow.logger.debug("cancel of %s not delivered: %s", wid, e)
+
+    # ------------------------------------------------------------------ epochs, confirmation, persistence
+
+    def _epoch_ready(self) -> bool:
+        o = self._state.epochs_open
+        return bool(o) and o[0].closed and o[0].done >= o[0].planned
+
+    async def _close_epochs(self, cfg: CampaignConfig, spec: EnvSpec) -> None:
+        """Close finished epochs in order: MLflow epoch summary, search attributes, save, continue-as-new."""
+        st = self._state
+        closed = False
+        while self._epoch_ready():
+            t = st.epochs_open.pop(0)
+            st.epoch_bests.append(t.best)
+            st.next_epoch = t.epoch + 1
+            overall = best_idea(st.population, spec.direction)
+            summary = {
+                "ideas": float(t.done),
+                "ideas_ok": float(t.ok),
+                "execution_rate": t.ok / t.done if t.done else 0.0,
+            }
+            if t.best is not None:
+                summary["epoch_best_metric"] = t.best
+            if overall is not None and overall.metric is not None:
+                summary["best_metric"] = overall.metric
+            await self._record_epoch(cfg, spec, t.epoch, summary=summary, run_id=t.run_id)
+            attrs = [EPOCH.value_set(t.epoch)]
+            if overall is not None and overall.metric is not None:
+                attrs.append(BEST_METRIC.value_set(float(score(overall) or overall.metric)))
+            self._upsert(*attrs)
+            closed = True
+        if closed:
+            await self._flush()
+            more = not (self._planning_done(cfg) and not st.in_flight and not st.epochs_open)
+            if more:
+                await self._continue_as_new()
+
+    async def _start_confirm(self, cfg: CampaignConfig, spec: EnvSpec) -> None:
         """Re-run the top candidates (and the baseline) on fresh seeds; their mean decides the winner."""
+        st = self._state
+        st.confirm_planned = True
         self._phase = "confirming"
-        candidates = confirm_candidates(self._state.archive, spec.direction, cfg.confirm_top_k)
-        epoch = self._state.next_epoch
-        jobs = []
+        epoch = st.next_epoch
         index = 0
-        for cand in candidates:
+        jobs = []
+        for cand in confirm_candidates(st.population, spec.direction, cfg.confirm_top_k):
             for k in range(cfg.confirm_seeds):
                 seed = cfg.seed + 1000 * (k + 1)
                 idea = Idea(
@@ -299,12 +581,21 @@ class CampaignWorkflow:
                     code_from=cand.idea_id,
                 )
                 index += 1
-                jobs.append((cand, self._run_idea(cfg, spec, idea, None, reuse=cand)))
-        outcomes = await asyncio.gather(*(j for _, j in jobs))
-        for (cand, _), o in zip(jobs, outcomes, strict=True):
-            self._state.archive.append(o.summary)
-            if o.summary.status == "ok" and o.summary.metric is not None:
-                cand.confirmed_metrics.append(o.summary.metric)
+                jobs.append(self._start_idea(cfg, spec, idea, None))
+        await asyncio.gather(*jobs)
+        await self._save_state()
+
+    def _history_long(self) -> bool:
+        info = workflow.info()
+        return info.is_continue_as_new_suggested() or info.get_current_history_length() > HISTORY_LIMIT
+
+    async def _continue_as_new(self) -> None:
+        """Flush, then continue as a fresh run with the bounded state; ideas in flight keep running."""
+        self._phase = "continuing"
+        await self._flush()
+        # the watch tasks are not cancelled: cancelling a task that awaits a child handle would cancel the child
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        workflow.continue_as_new(CampaignInput(config=self._config, state=self._state))
 
     async def _record_epoch(
         self,
@@ -332,16 +623,36 @@ class CampaignWorkflow:
             retry_policy=RECORD_RETRY,
         )
 
-    async def _save_state(self, cfg: CampaignConfig) -> None:
-        await workflow.execute_activity(
+    async def _flush(self) -> None:
+        """Append the ideas completed since the last flush to the archive in the store, and save the state."""
+        await self._save_state(flush=True)
+
+    async def _save_state(self, flush: bool = False) -> None:
+        st = self._state
+        flushed = {s.idea_id for s in st.recent} if flush else set()
+        res = await workflow.execute_activity(
             names.SAVE_STATE,
             SaveStateRequest(
-                campaign=cfg.name, state_json=CampaignInput(config=cfg, state=self._state).model_dump_json()
+                campaign=self._config.name,
+                state_json=CampaignInput(config=self._config, state=st).model_dump_json(),
+                flush=flush,
             ),
+            result_type=SaveStateResult,
             task_queue=names.CPU_QUEUE,
             start_to_close_timeout=timedelta(minutes=2),
             retry_policy=RECORD_RETRY,
         )
+        if flushed:
+            st.archive_head = res.head
+            st.recent = [s for s in st.recent if s.idea_id not in flushed]
+
+    def _upsert(self, *updates) -> None:
+        """Search attributes for the UI and ``ideaforge list``. Only where the campaign was started with its
+        ``Env`` attribute (as the CLI does): a server without our attributes (the time-skipping test server)
+        would fail the workflow task on an upsert."""
+        if workflow.info().typed_search_attributes.get(ENV) is None:
+            return
+        workflow.upsert_search_attributes(list(updates))
 
 
 __all__ = ["CampaignWorkflow", "IdeaWorkflow"]

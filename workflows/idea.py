@@ -2,6 +2,11 @@
 
 Failures of the idea itself (no diff applies, crash, timeout, NaN, protected file) are results with a category;
 infrastructure failures are retried by Temporal through the activity retry policies.
+
+The reward is computed here, once, against the baseline metric: an idea started before the baseline finished
+(``await_baseline``) holds its record until the campaign signals ``baseline_known``. A finished idea signals
+``idea_done`` to its campaign (by workflow id, so it reaches the campaign's current run even after a
+continue-as-new); the campaign starts ideas with ParentClosePolicy.ABANDON, so none is killed in flight.
 """
 
 from __future__ import annotations
@@ -10,11 +15,13 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from ideaforge import names
     from ideaforge.models import (
         ArtifactRef,
+        IdeaDone,
         IdeaInput,
         IdeaOutcome,
         IdeaSummary,
@@ -58,13 +65,40 @@ TRAIN_RETRY = RetryPolicy(
 class IdeaWorkflow:
     def __init__(self) -> None:
         self._phase = "starting"
+        self._baseline: float | None = None
+        self._baseline_known = False
 
     @workflow.query
     def phase(self) -> str:
         return self._phase
 
+    @workflow.signal
+    def baseline_known(self, metric: float | None) -> None:
+        """The campaign's baseline metric (None: the baseline failed, so no reward can be computed)."""
+        self._baseline, self._baseline_known = metric, True
+
     @workflow.run
     async def run(self, inp: IdeaInput) -> IdeaOutcome:
+        try:
+            return await self._run(inp)
+        except ActivityError as e:  # retries exhausted or non-retryable: the campaign must still hear of it
+            idea = inp.idea
+            summary = IdeaSummary(
+                idea_id=idea.idea_id,
+                epoch=idea.epoch,
+                title=idea.title,
+                text=idea.text[:4000],
+                origin=idea.origin,
+                parent_ids=idea.parent_ids,
+                recipe=idea.recipe,
+                status="failed",
+                category="crashed",
+                seed=idea.seed,
+            )
+            await self._tell_campaign(IdeaOutcome(summary=summary, error=f"{e}: {e.cause}"[:2000]))
+            raise
+
+    async def _run(self, inp: IdeaInput) -> IdeaOutcome:
         started = workflow.now()
         usage = Usage()
         revisions = 0
@@ -157,9 +191,16 @@ class IdeaWorkflow:
             status, category, metric = "failed", (impl.category if impl else None) or "patch_failed", None
         else:
             status, category, metric = run.status, run.category, run.metric
+        baseline = inp.baseline_metric
+        if idea.origin == "baseline" and status == "ok":
+            baseline = metric
+        elif baseline is None and inp.await_baseline and status == "ok":
+            self._phase = "waiting for the baseline metric"
+            await workflow.wait_condition(lambda: self._baseline_known)
+            baseline = self._baseline
         reward = (
-            compute_reward(metric if status == "ok" else None, inp.baseline_metric, inp.spec)
-            if inp.baseline_metric is not None or status != "ok"
+            compute_reward(metric if status == "ok" else None, baseline, inp.spec)
+            if baseline is not None or status != "ok"
             else None
         )
         summary = IdeaSummary(
@@ -210,5 +251,23 @@ class IdeaWorkflow:
             retry_policy=RECORD_RETRY,
         )
         outcome.mlflow_run_id = rec.run_id
+        await self._tell_campaign(outcome)
         self._phase = "done"
         return outcome
+
+    async def _tell_campaign(self, outcome: IdeaOutcome) -> None:
+        """Signal the bounded outcome to the campaign that started this idea (if it did, and still runs)."""
+        parent = workflow.info().parent
+        if parent is None:
+            return
+        done = IdeaDone(
+            summary=outcome.summary,
+            revisions=outcome.revisions,
+            usage=outcome.usage,
+            mlflow_run_id=outcome.mlflow_run_id,
+            error=(outcome.error or "")[:2000] or None,
+        )
+        try:
+            await workflow.get_external_workflow_handle(parent.workflow_id).signal("idea_done", done)
+        except Exception as e:  # noqa: BLE001 - a campaign that is gone reads the result on resume instead
+            workflow.logger.warning("could not tell campaign %s that %s is done: %s", parent.workflow_id, outcome.summary.idea_id, e)

@@ -394,8 +394,8 @@ async def archive(client: Client, name: str, saved: CampaignInput | None) -> tup
             if saved is None:
                 return [], False
             return saved.state.archive, False
-    if desc is not None and desc.status == WorkflowExecutionStatus.COMPLETED:
-        return (await handle.result(rpc_timeout=RPC_TIMEOUT)).archive, True
+    if desc is not None and desc.status == WorkflowExecutionStatus.COMPLETED and saved is None:
+        return (await handle.result(rpc_timeout=RPC_TIMEOUT)).archive, True  # the bounded population
     if saved is not None:
         return saved.state.archive, True
     if desc is not None:

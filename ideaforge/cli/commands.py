@@ -365,7 +365,7 @@ def _print_closed(view: CampaignView, direction: str) -> None:
         r = view.result
         console.print(
             f"campaign [bold]{view.name}[/bold] completed: {r.epochs_completed} epochs, "
-            f"{sum(s.origin not in ('baseline', 'confirm') for s in r.archive)} ideas"
+            f"{r.ideas_done} ideas"
         )
         _print_leaderboard(r.archive, direction, r.baseline_metric)
     elif view.state not in ("running", "unknown"):

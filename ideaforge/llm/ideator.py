@@ -215,6 +215,10 @@ def _idea_block(
             log.warning("diff of %s unreadable: %s", s.idea_id, e)
         else:
             out += f"\n  Its code change:\n```diff\n{_clip(diff, MAX_DIFF_CHARS)}\n```"
+    stats = req.parent_stats.get(s.idea_id) if with_diff else None
+    if stats and stats.children:  # how the policy's children of this parent did (steady-state campaigns)
+        kids = ", ".join("failed" if d is None else f"{d:+.4g}" for d in stats.child_deltas) or "none finished"
+        out += f"\n  Children so far: {stats.children} (improvement over the baseline of the last: {kids})"
     return out
 
 

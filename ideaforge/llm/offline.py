@@ -61,34 +61,87 @@ def knob_current(knob: Knob, baseline: Path) -> str | None:
 
 
 class OfflineIdeator:
-    """Evolves recipes over the env's offline catalogue; deterministic for a given seed and epoch."""
+    """Evolves recipes over the env's offline catalogue; deterministic for a given seed and position.
+
+    With a plan from the search policy (``req.plan``), each idea follows it: no parent = explore from the
+    baseline with 1..``max_changes`` changes (fewer more likely), one parent = stack one change onto it, two
+    parents = combine their recipes (crossover). Ideas that cannot be made (the catalogue is exhausted around
+    a parent) are reported in ``errors``, never dropped silently.
+    """
 
     async def propose(self, req: IdeateRequest, env: ResearchEnv) -> IdeateResult:
         cat = env.spec.offline
         if not cat.knobs and not cat.variants:
             return IdeateResult(ideas=[], errors=[f"env {env.spec.name!r} has no [offline] catalogue"])
-        rng = random.Random(f"{req.seed}:{req.campaign}:{req.epoch}")
+        # seeded by the position in the campaign, not its name: paired campaigns draw the same ideas
+        where = req.n_planned if req.n_planned is not None else f"{req.campaign}:{req.epoch}"
+        rng = random.Random(f"{req.seed}:{where}")
         seen = {canonical(s.recipe) for s in req.archive if s.recipe is not None}
+        seen |= {canonical(i.recipe) for i in req.in_flight if i.recipe is not None}
         seen.add(())
         start = len(req.human_ideas)
-        n_exploit = round(req.exploit_share * req.n) if req.strategy == "evolution" and req.parents else 0
+        by_id = {p.idea_id: p for p in [*req.parents, *req.archive]}
+        plans = self._plans(req, by_id, rng)
         ideas: list[Idea] = []
-        for k in range(req.n):
-            index = start + k
-            parent = self._pick_parent(req.parents, rng) if k < n_exploit else None
-            recipe = self._new_recipe(
-                cat, env.baseline, rng, seen, parent, random_combo=req.strategy == "random"
-            )
+        errors: list[str] = []
+        for k, parents in enumerate(plans):
+            recipe = None
+            if len(parents) == 2:
+                recipe = self._crossover(cat, parents, seen)
+                if recipe is None:  # nothing new from the pair: improve the better one instead
+                    parents = parents[:1]
             if recipe is None:
+                recipe = self._new_recipe(
+                    cat, env.baseline, rng, seen, parents[0] if parents else None, self._changes(req, rng)
+                )
+            if recipe is None:
+                around = f"parent {parents[0].idea_id}" if parents else "the baseline"
+                errors.append(f"offline catalogue exhausted around {around}: idea {k + 1} of {len(plans)} not made")
                 continue
             seen.add(recipe)
-            ideas.append(self._idea(req, index, recipe, parent, cat))
-        return IdeateResult(ideas=ideas)
+            ideas.append(self._idea(req, start + len(ideas), recipe, parents, cat))
+        if errors:
+            log.warning("%s: %d of %d offline ideas could not be made", req.campaign, len(errors), len(plans))
+        return IdeateResult(ideas=ideas, errors=errors)
+
+    def _plans(self, req: IdeateRequest, by_id: dict[str, IdeaSummary], rng: random.Random) -> list[list[IdeaSummary]]:
+        """Parents of each idea: from the policy's plan, else the legacy exploit share over ``req.parents``."""
+        if req.plan:
+            return [[by_id[p] for p in plan.parent_ids if p in by_id] for plan in req.plan[: req.n]]
+        n_exploit = round(req.exploit_share * req.n) if req.strategy == "evolution" and req.parents else 0
+        return [[self._pick_parent(req.parents, rng)] if k < n_exploit else [] for k in range(req.n)]
+
+    def _changes(self, req: IdeateRequest, rng: random.Random) -> int:
+        """How many changes an explore idea stacks: 1..3 uniformly (random search), else 1..max_changes with
+        weights 1/k (evolution and best-of-N: mostly single changes, some combinations; best-of-N is
+        evolution without feedback, so both draw explore ideas alike)."""
+        if req.strategy == "random":
+            return rng.randint(1, 3)
+        ks = list(range(1, req.max_changes + 1))
+        return rng.choices(ks, weights=[1.0 / k for k in ks], k=1)[0]
 
     @staticmethod
     def _pick_parent(parents: list[IdeaSummary], rng: random.Random) -> IdeaSummary:
         weights = [1.0 / (rank + 1) for rank in range(len(parents))]  # parents arrive best first
         return rng.choices(parents, weights=weights, k=1)[0]
+
+    @staticmethod
+    def _crossover(cat: OfflineCatalogue, parents: list[IdeaSummary], seen: set[Recipe]) -> Recipe | None:
+        """The union of two parents' recipes (the first parent's knob values win; conflicting variants of the
+        second are left out), when that is new."""
+        a, b = canonical(parents[0].recipe), canonical(parents[1].recipe)
+        merged = dict(a)
+        variants = {op.removeprefix("variant:") for op in merged if op.startswith("variant:")}
+        conflicts = {c for v in cat.variants if v.name in variants for c in v.conflicts}
+        for op, value in b:
+            name = op.removeprefix("variant:")
+            if op in merged or (op.startswith("variant:") and (name in conflicts or any(
+                name in v.conflicts and v.name in variants for v in cat.variants
+            ))):
+                continue
+            merged[op] = value
+        c = canonical(to_mutations(tuple(merged.items())))
+        return None if c in seen or c in (a, b) else c
 
     def _new_recipe(
         self,
@@ -97,11 +150,11 @@ class OfflineIdeator:
         rng: random.Random,
         seen: set[Recipe],
         parent: IdeaSummary | None,
-        random_combo: bool,
+        changes: int,
     ) -> Recipe | None:
         base = list(parent.recipe or []) if parent else []
-        for _ in range(200):
-            steps = rng.randint(1, 3) if random_combo else 1
+        for attempt in range(200):
+            steps = 1 if parent else max(1, changes - attempt // 50)  # fewer changes when combos run out
             recipe = list(base)
             for _ in range(steps):
                 m = self._mutation(cat, baseline, rng, canonical(recipe))
@@ -138,10 +191,17 @@ class OfflineIdeator:
 
     @staticmethod
     def _idea(
-        req: IdeateRequest, index: int, recipe: Recipe, parent: IdeaSummary | None, cat: OfflineCatalogue
+        req: IdeateRequest, index: int, recipe: Recipe, parents: list[IdeaSummary], cat: OfflineCatalogue
     ) -> Idea:
         descriptions = [describe(op, value, cat) for op, value in recipe]
-        if parent:
+        parent = parents[0] if parents else None
+        if len(parents) == 2:
+            title = f"{parents[0].title[:55]} x {parents[1].title[:55]}"
+            text = (
+                f"Combine {parents[0].idea_id} ({parents[0].title}) with {parents[1].idea_id} "
+                f"({parents[1].title}): " + " ".join(d[1] for d in descriptions)
+            )
+        elif parent:
             new = [
                 d
                 for (op, value), d in zip(recipe, descriptions, strict=True)
@@ -159,7 +219,7 @@ class OfflineIdeator:
             title=title[:120],
             text=text,
             origin="exploit" if parent else "explore",
-            parent_ids=[parent.idea_id] if parent else [],
+            parent_ids=[p.idea_id for p in parents],
             recipe=to_mutations(recipe),
             seed=req.seed,
         )

@@ -1,0 +1,456 @@
+"""Fast workflow tests (temporalio samples style): the real CampaignWorkflow and IdeaWorkflow, stub activities
+registered under the real activity names, on Temporal's time-skipping test server (never downloaded).
+
+The stubs stand in for the LLM, the patcher and training: "training" sleeps a few milliseconds and returns a
+metric computed from the idea's recipe, so a campaign of a dozen ideas runs in about a second. ``save_state``
+and ``idea_results`` are the real activities over a real local artifact store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from ideaforge.activities.campaign import CampaignActivities, load_archive, load_saved_state
+from ideaforge.research_envs.registry import load_env
+from ideaforge.workflows.campaign import CampaignWorkflow
+from ideaforge.workflows.idea import IdeaWorkflow
+from temporalio import activity
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from ideaforge import names
+from ideaforge.config import Settings
+from ideaforge.models import (
+    ArtifactRef,
+    CampaignConfig,
+    CampaignInput,
+    EnvSpec,
+    Idea,
+    IdeateRequest,
+    IdeateResult,
+    Implementation,
+    ImplementRequest,
+    Mutation,
+    Package,
+    PackageRequest,
+    ProviderConfig,
+    RecordEpochRequest,
+    RecordIdeaRequest,
+    RecordResult,
+    RunRequest,
+    RunResult,
+    Usage,
+)
+from ideaforge.names import campaign_workflow_id
+from ideaforge.store.artifacts import LocalStore
+
+FIXTURES = [Path(__file__).parent / "fixtures" / "envs"]
+TEST_SERVER = shutil.which("temporal-test-server") or str(Path(__file__).parents[1] / ".venv/bin/temporal-test-server")
+
+
+def code_ref(changes: int, title: str) -> ArtifactRef:
+    return ArtifactRef(uri=f"stub://{changes}/{title}", sha256="0" * 64, size=0)
+
+
+
+@dataclass
+class Stubs:
+    """Stub activities and what they saw. Metric of "idea N" = 1 - 0.01 * changes - 0.0001 * N (lower is better),
+    the same on every seed."""
+
+    spec: EnvSpec
+    slots: int = 2
+    run_s: float = 0.02
+    slow: dict[str, float] = field(default_factory=dict)  # idea title -> run seconds
+    ideate_cost: float = 0.0
+    bad_titles: set[str] = field(default_factory=set)  # implement fails on the first attempt
+    hopeless_titles: set[str] = field(default_factory=set)  # implement always fails
+    ideate_calls: list[IdeateRequest] = field(default_factory=list)
+    implement_calls: list[ImplementRequest] = field(default_factory=list)
+    idea_records: list[RecordIdeaRequest] = field(default_factory=list)
+    epoch_records: list[RecordEpochRequest] = field(default_factory=list)
+    runs: dict[str, tuple[float, float]] = field(default_factory=dict)  # idea id -> (start, end) of training
+    trained: list[str] = field(default_factory=list)  # idea ids, once per training run
+    running: int = 0
+    max_running: int = 0
+    counter: int = 0
+
+    def activities(self, real: CampaignActivities) -> list:
+        @activity.defn(name=names.DESCRIBE_ENV)
+        async def describe_env(name: str) -> EnvSpec:
+            return self.spec
+
+        @activity.defn(name=names.TRAIN_SLOTS)
+        async def train_slots() -> int:
+            return self.slots
+
+        @activity.defn(name=names.IDEATE)
+        async def ideate(req: IdeateRequest) -> IdeateResult:
+            self.ideate_calls.append(req)
+            ideas = [
+                Idea(idea_id=f"h{k}", epoch=req.epoch, index=k, title=t[:50], text=t, origin="human")
+                for k, t in enumerate(req.human_ideas)
+            ]
+            plans = req.plan or []
+            for k in range(req.n - len(ideas)):
+                self.counter += 1
+                parents = plans[k].parent_ids if k < len(plans) else []
+                by_id = {p.idea_id: p for p in req.parents}
+                recipe = [m for p in parents for m in (by_id[p].recipe or [])]
+                recipe.append(Mutation(op=f"knob:x{self.counter}", value=1))
+                ideas.append(
+                    Idea(
+                        idea_id=f"s{self.counter}",
+                        epoch=req.epoch,
+                        index=k,
+                        title=f"idea {self.counter}",
+                        text=f"stub idea {self.counter}",
+                        origin="exploit" if parents else "explore",
+                        parent_ids=parents,
+                        recipe=recipe,
+                    )
+                )
+            return IdeateResult(ideas=ideas, usage=Usage(calls=1, cost_usd=self.ideate_cost))
+
+        @activity.defn(name=names.IMPLEMENT)
+        async def implement(req: ImplementRequest) -> Implementation:
+            self.implement_calls.append(req)
+            title = req.idea.title
+            if title in self.hopeless_titles or (title in self.bad_titles and req.revision == 0):
+                return Implementation(applies=False, category="patch_failed", error="hunk 1 does not apply")
+            # the "diff" names the number of changes and the title: package and run read them back
+            return Implementation(applies=True, diff=code_ref(len(req.idea.recipe or []), title))
+
+        @activity.defn(name=names.PACKAGE)
+        async def package(req: PackageRequest) -> Package:
+            return Package(code=req.diff or code_ref(0, "baseline"), files=1)
+
+        @activity.defn(name=names.RUN_EXPERIMENT)
+        async def run_experiment(req: RunRequest) -> RunResult:
+            changes, title = req.code.uri.removeprefix("stub://").split("/", 1)
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
+            start = time.monotonic()
+            try:
+                await asyncio.sleep(self.slow.get(title, self.run_s))
+            finally:
+                self.running -= 1
+            self.runs[req.idea_id] = (start, time.monotonic())
+            self.trained.append(req.idea_id)
+            number = int(title.split()[-1]) if title.split()[-1].isdigit() else 0
+            return RunResult(status="ok", metric=1.0 - 0.01 * int(changes) - 0.0001 * number)
+
+        @activity.defn(name=names.RECORD_IDEA)
+        async def record_idea(req: RecordIdeaRequest) -> RecordResult:
+            self.idea_records.append(req)
+            return RecordResult(run_id=f"run-{req.idea.idea_id}", experiment_id="1")
+
+        @activity.defn(name=names.RECORD_EPOCH)
+        async def record_epoch(req: RecordEpochRequest) -> RecordResult:
+            self.epoch_records.append(req)
+            return RecordResult(run_id=f"epoch-{req.epoch}", experiment_id="1")
+
+        return [
+            describe_env, train_slots, ideate, implement, package, run_experiment, record_idea, record_epoch,
+            real.save_state, real.idea_results,
+        ]  # fmt: skip
+
+
+
+@pytest.fixture(scope="module")
+def env() -> WorkflowEnvironment:
+    e = asyncio.run(
+        WorkflowEnvironment.start_time_skipping(
+            test_server_existing_path=TEST_SERVER, data_converter=pydantic_data_converter
+        )
+    )
+    yield e
+    asyncio.run(e.shutdown())
+
+
+@pytest.fixture
+def stubs() -> Stubs:
+    return Stubs(spec=load_env("toy_quad", FIXTURES).spec)
+
+
+def config(**kw) -> CampaignConfig:
+    base = dict(name=f"fast-{uuid.uuid4().hex[:6]}", env="toy_quad", epochs=3, ideas_per_epoch=4, seed=1)
+    base.update(kw)
+    return CampaignConfig.model_validate(base)
+
+
+async def run_campaign(
+    client: Client, stubs: Stubs, tmp: Path, cfg: CampaignConfig, during=None, search_attributes=None
+):
+    """Run ``cfg`` to its end on workers with the stubs; ``during(handle)`` runs alongside. Returns
+    (result, store, handle). ``during`` may return a new handle (a campaign it restarted) to wait on."""
+    store = LocalStore(tmp / "store")
+    real = CampaignActivities(Settings(home=tmp / "home", env_paths=FIXTURES), store)
+    acts = stubs.activities(real)
+    train = [a for a in acts if a.__name__ == "run_experiment"]
+    workers = [
+        Worker(client, task_queue=names.ORCHESTRATOR_QUEUE, workflows=[CampaignWorkflow, IdeaWorkflow]),
+        Worker(client, task_queue=names.CPU_QUEUE, activities=[a for a in acts if a not in train]),
+        Worker(
+            client,
+            task_queue=stubs.spec.resources_for(cfg.profile).task_queue,
+            activities=train,
+            max_concurrent_activities=stubs.slots,
+        ),
+    ]
+    async with workers[0], workers[1], workers[2]:
+        handle = await client.start_workflow(
+            CampaignWorkflow.run,
+            CampaignInput(config=cfg),
+            id=campaign_workflow_id(cfg.name),
+            task_queue=names.ORCHESTRATOR_QUEUE,
+            search_attributes=search_attributes,
+        )
+        if during is not None:
+            handle = (await during(handle)) or handle
+        result = await asyncio.wait_for(handle.result(), 180)
+    return result, store, handle
+
+
+async def campaign_runs(client: Client, handle) -> int:  # noqa: ANN001
+    """How many runs the campaign took: 1 + its continue-as-news, following the chain from the first run."""
+    n, rid = 0, handle.first_execution_run_id
+    while rid:
+        n += 1
+        hist = await client.get_workflow_handle(handle.id, run_id=rid).fetch_history()
+        last = hist.events[-1]
+        cont = last.HasField("workflow_execution_continued_as_new_event_attributes")
+        rid = last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id if cont else None
+    return n
+
+
+def test_steady_campaign_runs_every_epoch_and_rewards_every_idea(env, stubs, tmp_path) -> None:
+    cfg = config(epochs=3, ideas_per_epoch=4)
+    result, store, handle = asyncio.run(run_campaign(env.client, stubs, tmp_path, cfg))
+    assert result.epochs_completed == 3 and result.ideas_done == 1 + 3 * 4
+    archive = load_archive(store, result.archive_ref)
+    assert sorted(s.idea_id for s in archive) == sorted(stubs.trained), "every idea trained once, archived once"
+    assert [s.origin for s in archive].count("baseline") == 1
+    per_epoch = defaultdict(int)
+    for s in archive:
+        per_epoch[s.epoch] += 1
+    assert dict(per_epoch) == {0: 5, 1: 4, 2: 4}
+    # the epoch runs: opened (no summary) and closed (summary) once per epoch, in order
+    closes = [r for r in stubs.epoch_records if r.summary is not None]
+    assert [r.epoch for r in closes] == [0, 1, 2]
+    assert [r.summary["ideas"] for r in closes] == [5.0, 4.0, 4.0]
+    # the reward is computed once, in the idea workflow, for every idea - epoch 0 included
+    assert len(stubs.idea_records) == 13
+    assert all(r.outcome.summary.reward is not None for r in stubs.idea_records)
+    assert {s.idea_id: s.reward for s in archive} == {
+        r.idea.idea_id: r.outcome.summary.reward for r in stubs.idea_records
+    }
+    assert any(s.origin == "exploit" for s in archive), "later epochs build on parents"
+    assert asyncio.run(campaign_runs(env.client, handle)) >= 3, "continue-as-new after each epoch"
+    saved = load_saved_state(store, cfg.name)
+    assert saved is not None and len(saved.state.archive) == 13 and not saved.state.in_flight
+
+
+def test_steady_keeps_slots_busy_while_sync_waits_for_the_slowest(env, tmp_path) -> None:
+    spec = load_env("toy_quad", FIXTURES).spec
+    out = {}
+    for schedule in ("sync", "steady"):
+        st = Stubs(spec=spec, slots=2, run_s=0.05, slow={"idea 1": 1.0})
+        cfg = config(epochs=2, ideas_per_epoch=3, schedule=schedule, run_baseline=False)
+        asyncio.run(run_campaign(env.client, st, tmp_path / schedule, cfg))
+        first_e1 = min(start for i, (start, _) in st.runs.items() if "/e001/" in i)
+        last_e0 = max(end for i, (_, end) in st.runs.items() if "/e000/" in i)
+        out[schedule] = (first_e1 < last_e0, st.max_running)
+    assert out["sync"][0] is False, "sync: no idea of epoch 1 trains before epoch 0 is over"
+    assert out["steady"][0] is True, "steady: epoch 1 fills the slot the slow idea leaves idle"
+    assert out["steady"][1] == 2 and out["sync"][1] <= 2
+
+
+def test_patch_failure_is_revised_then_counted_as_a_failed_idea(env, stubs, tmp_path) -> None:
+    stubs.bad_titles = {"idea 1"}
+    stubs.hopeless_titles = {"idea 2"}
+    llm = ProviderConfig(kind="openai-compatible", model="stub", base_url="http://127.0.0.1:9/v1")
+    cfg = config(epochs=1, ideas_per_epoch=3, implementer=llm, max_revisions=2, run_baseline=False)
+    result, store, _ = asyncio.run(run_campaign(env.client, stubs, tmp_path, cfg))
+    by_title = {s.title: s for s in load_archive(store, result.archive_ref)}
+    calls = defaultdict(list)
+    for c in stubs.implement_calls:
+        calls[c.idea.title].append(c.revision)
+    assert calls["idea 1"] == [0, 1] and by_title["idea 1"].status == "ok"
+    assert calls["idea 2"] == [0, 1, 2]
+    assert by_title["idea 2"].status == "failed" and by_title["idea 2"].category == "patch_failed"
+    revision = next(c for c in stubs.implement_calls if c.idea.title == "idea 1" and c.revision == 1)
+    assert revision.previous_error == "hunk 1 does not apply", "the error is fed back"
+    revisions = {r.idea.title: r.outcome.revisions for r in stubs.idea_records}
+    assert revisions["idea 1"] == 1 and revisions["idea 2"] == 2
+
+
+def test_pause_inject_resume_survive_continue_as_new(env, stubs, tmp_path) -> None:
+    stubs.run_s = 0.1
+    cfg = config(epochs=3, ideas_per_epoch=2)
+    seen = {}
+
+    async def during(handle) -> None:  # noqa: ANN001
+        for _ in range(3000):  # pause once epoch 0 is planned (baseline + 2 ideas), so it can close while paused
+            if (await handle.query(CampaignWorkflow.status)).ideas_planned >= 3:
+                break
+            await asyncio.sleep(0.01)
+        await handle.signal(CampaignWorkflow.pause)
+        await handle.signal(CampaignWorkflow.inject_idea, "Try a human idea: momentum 0.5")
+        for _ in range(3000):  # the ideas already in flight finish; epoch 0 closes; the campaign continues
+            st = await handle.query(CampaignWorkflow.status)
+            if st.paused and st.ideas_running == 0 and await campaign_runs(env.client, handle) >= 2:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError(f"epoch 0 did not close while paused: {st}")
+        seen["paused"] = st
+        seen["runs_of_paused"] = await campaign_runs(env.client, handle)
+        seen["runs_while_paused"] = len(stubs.runs)
+        await asyncio.sleep(0.3)
+        seen["runs_later"] = len(stubs.runs)
+        await handle.signal(CampaignWorkflow.resume)
+
+    result, store, handle = asyncio.run(run_campaign(env.client, stubs, tmp_path, cfg, during))
+    assert seen["paused"].paused and seen["paused"].ideas_running == 0
+    assert seen["runs_later"] == seen["runs_while_paused"], "nothing starts while paused"
+    assert result.ideas_done == 1 + 3 * 2
+    human = [s for s in load_archive(store, result.archive_ref) if s.origin == "human"]
+    assert len(human) == 1 and "momentum 0.5" in human[0].text
+    assert seen["runs_of_paused"] >= 2, "the pause was carried across a continue-as-new"
+
+
+def test_budget_cap_stops_planning_and_finishes_what_runs(env, stubs, tmp_path) -> None:
+    stubs.ideate_cost = 1.0
+    cfg = config(epochs=5, ideas_per_epoch=4, budget_usd=1.5, ideate_batch=2)
+    result, store, _ = asyncio.run(run_campaign(env.client, stubs, tmp_path, cfg))
+    assert result.stopped_reason == "budget_exhausted"
+    assert len(stubs.ideate_calls) == 2 and result.usage.cost_usd == 2.0
+    assert result.ideas_done == len(stubs.runs) == 1 + stubs.counter, "ideas already planned still run"
+
+
+def test_confirmation_reruns_the_best_and_the_baseline_on_fresh_seeds(env, stubs, tmp_path) -> None:
+    cfg = config(epochs=2, ideas_per_epoch=3, confirm_top_k=1, confirm_seeds=2)
+    result, store, _ = asyncio.run(run_campaign(env.client, stubs, tmp_path, cfg))
+    archive = load_archive(store, result.archive_ref)
+    confirms = [s for s in archive if s.origin == "confirm"]
+    assert len(confirms) == 4 and {s.seed for s in confirms} == {1001, 2001}
+    assert result.best is not None and len(result.best.confirmed_metrics) == 2
+    base = next(s for s in result.archive if s.origin == "baseline")
+    assert len(base.confirmed_metrics) == 2
+
+
+def test_ideas_in_flight_survive_continue_as_new_and_are_reattached(temporal_env, stubs, tmp_path) -> None:
+    # On the real dev server: the time-skipping server does not apply parent-close policies, so there a
+    # TERMINATE policy would pass this test too (tried). Epoch 0 closes while epoch-1 ideas (one of them
+    # slow) are still training, and the campaign continues as new.
+    client = temporal_env.client
+    stubs.slow = {"idea 3": 0.8}
+    cfg = config(epochs=2, ideas_per_epoch=2, run_baseline=False, ahead=2)
+    result, store, handle = asyncio.run(run_campaign(client, stubs, tmp_path, cfg))
+    assert result.ideas_done == 4 and asyncio.run(campaign_runs(client, handle)) >= 2
+    slow = next(r.idea.idea_id for r in stubs.idea_records if r.idea.title == "idea 3")
+    desc = asyncio.run(client.get_workflow_handle(slow).describe())
+    assert desc.status == WorkflowExecutionStatus.COMPLETED, "not terminated by the parent's continue-as-new"
+    assert desc.parent_run_id != result_run(handle), "started by an earlier run, finished into the last one"
+    assert {s.idea_id for s in load_archive(store, result.archive_ref)} == set(stubs.runs)
+
+
+def result_run(handle) -> str:  # noqa: ANN001
+    desc = asyncio.run(handle.describe())
+    return desc.run_id
+
+
+def test_a_terminated_campaign_restarted_from_its_saved_state_loses_no_idea(temporal_env, stubs, tmp_path) -> None:
+    """Crash (terminate) mid-campaign, restart from the saved state as ``ideaforge resume`` does: every planned
+    idea is executed exactly once, including those that were in flight at the crash (re-attached)."""
+    from tests.record_histories import crash_then_resume
+
+    client = temporal_env.client
+    stubs.run_s = 0.1
+    cfg = config(epochs=3, ideas_per_epoch=2)
+    during = crash_then_resume(client, tmp_path / "store", None)
+    result, store, _ = asyncio.run(run_campaign(client, stubs, tmp_path, cfg, during=during))
+    ids = [s.idea_id for s in load_archive(store, result.archive_ref)]
+    assert result.epochs_completed == 3 and result.ideas_done == 1 + 3 * 2
+    assert sorted(ids) == sorted(set(ids)) == sorted(stubs.trained), "each idea trained once and archived once"
+
+
+def test_payloads_do_not_grow_with_the_campaign(env, tmp_path) -> None:
+    """The largest event of a campaign's histories (all its runs) stays the same for 3x as many ideas.
+    (best-of-N: the stub's exploit recipes grow with lineage depth, which would blur the comparison.)"""
+    spec = load_env("toy_quad", FIXTURES).spec
+    largest = {}
+    for epochs in (4, 12):
+        st = Stubs(spec=spec, run_s=0.005)
+        cfg = config(epochs=epochs, ideas_per_epoch=4, search={"population": 4, "strategy": "best_of_n"})
+        _, _, handle = asyncio.run(run_campaign(env.client, st, tmp_path / str(epochs), cfg))
+        largest[epochs] = asyncio.run(largest_event(env.client, handle))
+    assert largest[12] <= 1.25 * largest[4], largest  # an archive carried in the state would double it
+
+
+async def largest_event(client: Client, handle) -> int:  # noqa: ANN001
+    size, rid = 0, handle.first_execution_run_id
+    while rid:
+        hist = await client.get_workflow_handle(handle.id, run_id=rid).fetch_history()
+        size = max([size, *(ev.ByteSize() for ev in hist.events)])
+        last = hist.events[-1]
+        cont = last.HasField("workflow_execution_continued_as_new_event_attributes")
+        rid = last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id if cont else None
+    return size
+
+
+def test_the_archive_read_back_is_verified_chunk_by_chunk(env, stubs, tmp_path) -> None:
+    from ideaforge.store.artifacts import StorageError
+
+    cfg = config(epochs=2, ideas_per_epoch=3)
+    result, store, _ = asyncio.run(run_campaign(env.client, stubs, tmp_path, cfg))
+    assert len(load_archive(store, result.archive_ref)) == result.ideas_done == 7
+    chunks = sorted((tmp_path / "store").rglob("cas/archive/*/*"))
+    assert len(chunks) >= 2, "one chunk per flush, linked"
+    first = min(chunks, key=lambda p: p.stat().st_mtime)
+    first.write_bytes(first.read_bytes().replace(b"idea", b"IDEA", 1))  # tamper with the oldest chunk
+    with pytest.raises(StorageError, match="sha256"):
+        load_archive(store, result.archive_ref)
+    with pytest.raises(StorageError):
+        load_saved_state(store, cfg.name)
+
+
+def test_cancel_stops_the_campaign_and_its_ideas_in_flight(env, stubs, tmp_path) -> None:
+    """Idea children are ABANDONed (they outlive a continue-as-new), so a cancelled campaign cancels them."""
+    from temporalio.client import WorkflowFailureError
+
+    stubs.run_s = 30.0
+    cfg = config(epochs=2, ideas_per_epoch=2)
+    seen = {}
+
+    async def during(handle):  # noqa: ANN001, ANN202
+        for _ in range(3000):
+            st = await handle.query(CampaignWorkflow.status)
+            if len(st.in_flight) >= 3:
+                break
+            await asyncio.sleep(0.01)
+        seen["in_flight"] = st.in_flight
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        for _ in range(3000):
+            states = [(await env.client.get_workflow_handle(i).describe()).status for i in st.in_flight]
+            if all(s != WorkflowExecutionStatus.RUNNING for s in states):
+                break
+            await asyncio.sleep(0.01)
+        seen["states"] = states
+        raise asyncio.CancelledError  # nothing left to wait for
+
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(run_campaign(env.client, stubs, tmp_path, cfg, during=during))
+    assert seen["states"] and all(s == WorkflowExecutionStatus.CANCELED for s in seen["states"]), seen
