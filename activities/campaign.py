@@ -84,17 +84,7 @@ def load_saved_state(store: ObjectStore, campaign: str) -> CampaignInput | None:
 
 def _as_summary(idea: Idea) -> IdeaSummary:
     """An idea in flight, as an archive entry for deduplication (not executed yet)."""
-    return IdeaSummary(
-        idea_id=idea.idea_id,
-        epoch=idea.epoch,
-        title=idea.title,
-        text=idea.text[:4000],
-        origin=idea.origin,
-        parent_ids=idea.parent_ids,
-        recipe=idea.recipe,
-        status="failed",
-        seed=idea.seed,
-    )
+    return IdeaSummary.of(idea, "failed")
 
 
 class CampaignActivities:

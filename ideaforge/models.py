@@ -379,6 +379,22 @@ class IdeaSummary(Strict):
     diff: ArtifactRef | None = None
     confirmed_metrics: list[float] = Field(default_factory=list)
 
+    @classmethod
+    def of(cls, idea: Idea, status: IdeaStatus, **result: Any) -> IdeaSummary:
+        """The summary of ``idea`` (its text capped at 4,000 characters) with its result fields."""
+        return cls(
+            idea_id=idea.idea_id,
+            epoch=idea.epoch,
+            title=idea.title,
+            text=idea.text[:4000],
+            origin=idea.origin,
+            parent_ids=idea.parent_ids,
+            recipe=idea.recipe,
+            seed=idea.seed,
+            status=status,
+            **result,
+        )
+
 
 class CurvePoint(Strict):
     step: int

@@ -224,7 +224,7 @@ async def _wait_polling(client: Client, queue: str, pid: int, timeout_s: float =
 
 
 def _worker_pid(identity: str) -> int | None:
-    m = re.search(r":(\d+)$", identity or "")
+    m = re.search(r":(\d+)(?:\s|$)", identity or "")  # "ideaforge@host:PID", training workers add " slots=N"
     return int(m.group(1)) if m else None
 
 

@@ -290,7 +290,7 @@ def test_supervised_worker_killed_is_restarted_and_nothing_is_lost(settings: Set
                 await asyncio.sleep(0.1)
             back = time.monotonic() - killed
             result = await asyncio.wait_for(handle.result(), 300)
-            return f"{result.epochs_completed}/{len(result.archive)}", back, time.monotonic() - killed
+            return f"{result.epochs_completed}/{result.ideas_done}", back, time.monotonic() - killed
 
         summary, back_s, done_s = asyncio.run(go())
         runs = _idea_run_count(settings.mlflow_uri, name)  # while the stack's MLflow still runs

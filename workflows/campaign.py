@@ -427,19 +427,7 @@ class CampaignWorkflow:
     @staticmethod
     def _failed(idea: Idea, error: str) -> IdeaDone:
         return IdeaDone(
-            summary=IdeaSummary(
-                idea_id=idea.idea_id,
-                epoch=idea.epoch,
-                title=idea.title,
-                text=idea.text[:4000],
-                origin=idea.origin,
-                parent_ids=idea.parent_ids,
-                recipe=idea.recipe,
-                status="failed",
-                category="crashed",
-                reward=None,
-                seed=idea.seed,
-            ),
+            summary=IdeaSummary.of(idea, "failed", category="crashed"),
             error=error[:2000],
         )
 

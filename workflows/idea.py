@@ -83,18 +83,7 @@ class IdeaWorkflow:
             return await self._run(inp)
         except ActivityError as e:  # retries exhausted or non-retryable: the campaign must still hear of it
             idea = inp.idea
-            summary = IdeaSummary(
-                idea_id=idea.idea_id,
-                epoch=idea.epoch,
-                title=idea.title,
-                text=idea.text[:4000],
-                origin=idea.origin,
-                parent_ids=idea.parent_ids,
-                recipe=idea.recipe,
-                status="failed",
-                category="crashed",
-                seed=idea.seed,
-            )
+            summary = IdeaSummary.of(idea, "failed", category="crashed")
             await self._tell_campaign(IdeaOutcome(summary=summary, error=f"{e}: {e.cause}"[:2000]))
             raise
 
@@ -203,19 +192,12 @@ class IdeaWorkflow:
             if baseline is not None or status != "ok"
             else None
         )
-        summary = IdeaSummary(
-            idea_id=idea.idea_id,
-            epoch=idea.epoch,
-            title=idea.title,
-            text=idea.text[:4000],
-            origin=idea.origin,
-            parent_ids=idea.parent_ids,
-            recipe=idea.recipe,
-            status=status,  # type: ignore[arg-type]
+        summary = IdeaSummary.of(
+            idea,
+            status,  # type: ignore[arg-type]
             category=category,
             metric=metric,
             reward=reward,
-            seed=idea.seed,
             code=code,
             diff=diff,
         )

@@ -275,6 +275,8 @@ def drop_duplicates(
 ) -> tuple[list[Idea], int]:
     """Ideas that are neither duplicates of the archive (outside their own lineage) nor of an earlier idea in
     ``ideas``. Returns (kept ideas in their original order, number rejected)."""
+    if backend == "auto":  # resolved now, as Deduper does: a later IDEAFORGE_DEDUP is not shadowed by the cache
+        backend = os.environ.get(BACKEND_ENV, "auto")  # type: ignore[assignment]
     key = (backend, threshold)
     if key not in _DEFAULT:
         _DEFAULT[key] = Deduper(backend, threshold)

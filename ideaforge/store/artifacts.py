@@ -307,21 +307,11 @@ class S3Store(ObjectStore):
             raise StorageError(f"cannot write s3://{self.bucket}/{self._obj(key)}: {e}") from e
 
     def _read(self, key: str) -> bytes | None:
-        from minio.error import S3Error
-
-        try:
-            resp = self.client.get_object(self.bucket, self._obj(key))
-        except S3Error as e:
-            if e.code in ("NoSuchKey", "NoSuchObject"):
-                return None
-            raise StorageError(f"cannot read s3://{self.bucket}/{self._obj(key)}: {e}") from e
-        except Exception as e:  # noqa: BLE001 - connection errors come as urllib3 exceptions
-            raise StorageError(f"cannot read s3://{self.bucket}/{self._obj(key)}: {e}") from e
-        try:
-            return resp.read()
-        finally:
-            resp.close()
-            resp.release_conn()
+        body = self._open(key)
+        if body is None:
+            return None
+        with body:
+            return body.read()
 
     def _exists(self, key: str) -> bool:
         from minio.error import S3Error
