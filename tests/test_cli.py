@@ -332,3 +332,20 @@ def test_name_lifecycle_finished_delete_restart(served_settings: Settings, tempo
             assert redo.returncode == 0 and f"deleted campaign {name}" in redo.stdout and "started" in redo.stdout
 
     asyncio.run(go())
+
+
+def test_preflight_sandbox_check_uses_the_runner_sandbox(monkeypatch) -> None:
+    """The preflight asks the same check the training worker uses; a missing sandbox is a finding with a fix."""
+    from ideaforge.cli import preflight
+    from ideaforge.run import sandbox
+
+    assert preflight.check_sandbox(False) == []
+    sandbox.check_sandbox.cache_clear()
+    assert preflight.check_sandbox(True) == []  # root + bubblewrap here: the sandbox works
+
+    def broken() -> str:
+        raise sandbox.SandboxUnavailable("bwrap not found")
+
+    monkeypatch.setattr(sandbox, "check_sandbox", broken)
+    (finding,) = preflight.check_sandbox(True)
+    assert "bwrap not found" in finding.problem and "install.sh" in finding.fix

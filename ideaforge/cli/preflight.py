@@ -135,17 +135,20 @@ async def check_workers(
 
 
 def check_sandbox(local_worker_serves_training: bool) -> list[Finding]:
-    """A local training worker can isolate runs (Linux namespaces), unless the user turned isolation off."""
-    if not local_worker_serves_training or os.environ.get("IDEAFORGE_NO_NAMESPACES") == "1":
+    """A local training worker can sandbox runs (bubblewrap, own uid, cgroups), or the operator opted out."""
+    if not local_worker_serves_training:
         return []
-    from ideaforge.run.sandbox import isolation_prefix
+    from ideaforge.run.sandbox import SandboxUnavailable
+    from ideaforge.run.sandbox import check_sandbox as sandbox_works
 
-    if isolation_prefix()[0] == "none":
+    try:
+        sandbox_works()
+    except SandboxUnavailable as e:
         return [
             Finding(
                 check="sandbox",
-                problem="the local worker cannot sandbox runs here (no usable Linux namespaces)",
-                fix="apt-get install -y bubblewrap util-linux, and run where user namespaces are allowed",
+                problem=f"the local worker cannot sandbox runs here: {e}",
+                fix="run ./ops/install.sh as root (it installs bubblewrap) and start the stack as root",
             )
         ]
     return []
