@@ -349,3 +349,16 @@ def test_preflight_sandbox_check_uses_the_runner_sandbox(monkeypatch) -> None:
     monkeypatch.setattr(sandbox, "check_sandbox", broken)
     (finding,) = preflight.check_sandbox(True)
     assert "bwrap not found" in finding.problem and "install.sh" in finding.fix
+
+
+def test_worker_silence_is_shown_only_after_the_grace_period() -> None:
+    silent = campaigns.CampaignView(name="c", state="running", worker_silent=True)
+    answered = campaigns.CampaignView(name="c", state="running", worker_answered=True)
+    grace = display.SilenceGrace(20.0)
+    assert "not answering" not in display.header_line(grace.apply(silent, 100.0), [], "min")  # one miss
+    assert "not answering" not in display.header_line(grace.apply(silent, 119.0), [], "min")
+    assert "not answering" in display.header_line(grace.apply(silent, 120.5), [], "min")  # 20 s silent
+    assert grace.apply(answered, 121.0) is answered  # an answer resets the clock
+    assert "not answering" not in display.header_line(grace.apply(silent, 122.0), [], "min")
+    closed = campaigns.CampaignView(name="c", state="completed")
+    assert "not answering" not in display.header_line(closed, [], "min")

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -29,6 +30,7 @@ from ideaforge.names import experiment_name
 OK, REFUSED, UNAVAILABLE, DEGRADED, NOT_FOUND = 0, 1, 2, 3, 4
 CONNECT_TIMEOUT_S = 3.0
 FOLLOW_EVERY_S = 2.0
+WORKER_SILENCE_GRACE_S = 20.0  # a busy worker (start-up, a loaded machine) may miss a query or two
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 # piped output is read by people too (logs, CI): wide enough that tables do not wrap every cell
@@ -309,11 +311,13 @@ async def _follow(client, settings: Settings, name: str) -> CampaignView:  # noq
     direction = _direction(settings, cfg.env if cfg else None)
     tracker.total_steps = _total_steps(settings, cfg) if cfg else None
     warned = False
+    grace = display.SilenceGrace(WORKER_SILENCE_GRACE_S)
 
     async def poll() -> tuple[CampaignView, list]:
         nonlocal warned
         v, ideas = await _view(client, settings, name, tracker)
-        if v.state == "running" and not v.worker_answered and not warned and not console.is_terminal:
+        v = grace.apply(v, time.monotonic())
+        if v.worker_silent and not warned and not console.is_terminal:
             # (in a terminal the live table says it: a print here would tear the live display)
             err.print("[yellow]the worker is not answering; `ideaforge up` restarts the local one[/yellow]")
             warned = True

@@ -133,11 +133,30 @@ def idea_line(p: IdeaProgress) -> str:
     return f"{name}: {p.state}"
 
 
+class SilenceGrace:
+    """Holds back the "worker not answering" alarm until the worker has been silent for ``grace_s``: a worker
+    busy starting up or on a loaded machine can miss one status query without anything being wrong."""
+
+    def __init__(self, grace_s: float) -> None:
+        self.grace_s = grace_s
+        self.silent_since: float | None = None
+
+    def apply(self, view: CampaignView, now: float) -> CampaignView:
+        if not view.worker_silent:
+            self.silent_since = None
+            return view
+        if self.silent_since is None:
+            self.silent_since = now
+        if now - self.silent_since < self.grace_s:
+            return view.model_copy(update={"worker_silent": False})
+        return view
+
+
 def header_line(view: CampaignView, ideas: list[IdeaProgress], direction: str) -> str:
     c = counts(ideas)
     base, base_txt = baseline_of(view, ideas)
     best, best_id = best_of(view, ideas, direction)
-    worker = "" if view.worker_answered or view.state != "running" else " [worker not answering]"
+    worker = " [worker not answering]" if view.worker_silent else ""
     return (
         f"{view.name} epoch {epoch_text(view)}: {c['done']} done, {c['failed']} failed, "
         f"{c['running']} running, {c['queued']} queued | baseline {base_txt} | "
@@ -164,7 +183,7 @@ def rich_view(view: CampaignView, ideas: list[IdeaProgress], direction: str, now
     if view.live is not None and view.live.usage.calls:
         u = view.live.usage
         top.add_row("LLM", f"{u.calls} calls, {u.input_tokens + u.output_tokens} tokens, ${u.cost_usd:.4f}")
-    if view.state == "running" and not view.worker_answered:
+    if view.worker_silent:
         top.add_row("worker", Text("not answering: `ideaforge up` restarts the local one", style="red"))
     elif view.state != "running":
         top.add_row("next", next_step(view) or "-")
