@@ -18,7 +18,14 @@ from ideaforge.cli import campaigns, display
 from ideaforge.cli.commands import first_sentence
 from ideaforge.cli.progress import IdeaProgress, eta
 from ideaforge.config import Settings
-from ideaforge.models import CampaignConfig, CampaignInput, CampaignState, IdeaSummary
+from ideaforge.models import (
+    CampaignConfig,
+    CampaignInput,
+    CampaignState,
+    CampaignStatus,
+    DeviceTime,
+    IdeaSummary,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,15 +53,20 @@ def save_state(settings: Settings, name: str, epochs_done: int = 1) -> CampaignI
 
     archive = [
         IdeaSummary(idea_id=f"campaign-{name}/e000/i00", epoch=0, title="baseline", text="b", origin="baseline",
-                    status="ok", metric=0.5),
+                    status="ok", metric=0.5, device_time=DeviceTime.held("cpu", 1, 90.0)),
         IdeaSummary(idea_id=f"campaign-{name}/e000/i01", epoch=0, title="smaller lr", text="lr", origin="explore",
-                    status="ok", metric=0.25),
+                    status="ok", metric=0.25, device_time=DeviceTime.held("cpu", 1, 90.0)),
         IdeaSummary(idea_id=f"campaign-{name}/e000/i02", epoch=0, title="crash", text="c", origin="explore",
                     status="failed", category="crashed"),
     ]  # fmt: skip
     inp = CampaignInput(
         config=CampaignConfig(name=name, env="toy_quad", epochs=3, ideas_per_epoch=2),
-        state=CampaignState(next_epoch=epochs_done, archive=archive, baseline_metric=0.5),
+        state=CampaignState(
+            next_epoch=epochs_done,
+            archive=archive,
+            baseline_metric=0.5,
+            device_time=DeviceTime.total(s.device_time for s in archive),
+        ),
     )
     open_store(settings).put_named(state_key(name), inp.model_dump_json().encode())
     return inp
@@ -81,6 +93,7 @@ def test_status_with_temporal_down_answers_from_saved_state(settings: Settings) 
     assert p.returncode == 3, p.stderr
     assert "cannot reach Temporal" in p.stderr and "ideaforge up" in p.stderr
     assert "1/3 epochs saved" in p.stdout and "smaller lr" in p.stdout
+    assert "compute: 0.05 CPU-slot-h (2 training attempts)" in p.stdout, p.stdout
     print(f"\nstatus with Temporal down: {took:.2f}s including interpreter start")
 
 
@@ -112,6 +125,8 @@ def test_leaderboard_with_temporal_down_shows_the_saved_leaderboard(settings: Se
         (("--env", "toy_quad", "--ideator", "anthropic"), 2, "ANTHROPIC_API_KEY"),
         (("--env", "toy_quad", "--epochs", "0"), 1, "epochs"),
         (("--env", "toy_quad", "--strategy", "magic"), 1, "search.strategy"),
+        (("--env", "toy_quad", "--budget-gpu-hours", "0"), 1, "budget_gpu_hours"),
+        (("--env", "toy_quad", "--budget-gpu-hours", "2"), 2, "preflight (budget)"),
         (("--config", "/no/such.toml"), 1, "config file not found"),
     ],
 )
@@ -211,6 +226,21 @@ def test_best_so_far_counts_ideas_as_soon_as_they_finish() -> None:
     assert "10.0% better than the baseline" in display.header_line(view, ideas, "min")
     only_base = [_idea(0, "done", "baseline", 2.0), _idea(1, "training")]
     assert display.best_of(view, only_base, "min") == (None, "-")  # the baseline is not an idea
+
+
+def test_compute_shows_gpu_hours_against_the_budget_and_why_planning_stopped() -> None:
+    live = CampaignStatus(
+        name="c", env="e", phase="p", epoch=1, epochs=3, paused=False, ideas_done=3, ideas_ok=3, ideas_failed=0,
+        ideas_running=1, best_metric=None, best_idea=None, baseline_metric=None,
+        device_time=DeviceTime(gpu_seconds=3 * 3600.0, attempts=4), budget_gpu_hours=2.0,
+        stopped_reason="gpu_budget_exhausted",
+    )  # fmt: skip
+    view = campaigns.CampaignView(name="c", state="running", live=live, worker_answered=True)
+    text = display.compute_text(view)
+    assert text == "3 GPU-h (4 training attempts); GPU budget 2 h (150% used); stopped: gpu budget exhausted"
+    assert f"compute {text}" in display.header_line(view, [], "min")
+    empty = campaigns.CampaignView(name="c", state="running")
+    assert display.compute_text(empty) == "-"
 
 
 def test_plain_output_prints_changes_only_and_flushes(tmp_path: Path) -> None:
