@@ -7,6 +7,7 @@ state (worker or Temporal down) or a stack service down, 4 no such campaign.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -332,6 +333,9 @@ def test_name_lifecycle_finished_delete_restart(served_settings: Settings, tempo
             p = await asyncio.to_thread(cli, "start", *args)
             assert p.returncode == 0, p.stderr
             assert "completed: 1 epochs" in p.stdout and "leaderboard" in p.stdout
+            # the device time of the real runs (baseline + 1 idea, one attempt each, on CPU slots)
+            m = re.search(r"compute: ([\d.e-]+) CPU-slot-h \(2 training attempts\)", p.stdout)
+            assert m and float(m.group(1)) > 0, p.stdout
             assert "[" in p.stdout and "done, metric" in p.stdout  # piped: plain progress lines
             again = await asyncio.to_thread(cli, "start", *args)
             assert again.returncode == 0 and "already finished" in again.stdout

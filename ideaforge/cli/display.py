@@ -188,7 +188,8 @@ def rich_view(view: CampaignView, ideas: list[IdeaProgress], direction: str, now
     top.add_row("compute", compute_text(view))
     if view.live is not None and view.live.usage.calls:
         u = view.live.usage
-        top.add_row("LLM", f"{u.calls} calls, {u.input_tokens + u.output_tokens} tokens, ${u.cost_usd:.4f}")
+        budget = f" of a ${view.live.budget_usd:g} budget" if view.live.budget_usd is not None else ""
+        top.add_row("LLM", f"{u.calls} calls, {u.input_tokens + u.output_tokens} tokens, ${u.cost_usd:.4f}{budget}")
     if view.state == "running" and not view.worker_answered:
         top.add_row("worker", Text("not answering: `ideaforge up` restarts the local one", style="red"))
     elif view.state != "running":
