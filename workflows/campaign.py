@@ -128,6 +128,10 @@ class CampaignWorkflow:
             ideas_planned=st.n_planned,
             in_flight=sorted(st.in_flight),
             notes=st.notes,
+            device_time=st.device_time,
+            budget_gpu_hours=cfg.budget_gpu_hours,
+            budget_usd=cfg.budget_usd,
+            stopped_reason=st.stopped_reason,
         )
 
     @workflow.query
@@ -177,9 +181,10 @@ class CampaignWorkflow:
             baseline_metric=st.baseline_metric,
             archive=self.archive(),
             usage=st.usage,
-            stopped_reason="budget_exhausted" if st.budget_exhausted else "completed",
+            stopped_reason=(st.stopped_reason or "budget_exhausted") if st.budget_exhausted else "completed",
             ideas_done=st.ideas_done,
             archive_ref=st.archive_head,
+            device_time=st.device_time,
         )
 
     async def _loop(self, cfg: CampaignConfig, spec: EnvSpec) -> None:
@@ -243,11 +248,14 @@ class CampaignWorkflow:
     async def _plan_and_start(self, cfg: CampaignConfig, spec: EnvSpec) -> bool:
         """Plan one batch (an epoch in sync mode), start its ideas; False when nothing could be planned."""
         st = self._state
-        if self._budget_left(cfg) is False:
+        spent = self._budget_spent(cfg)
+        if spent is not None:
+            reason, why = spent
             st.budget_exhausted = True
+            st.stopped_reason = reason
             for t in st.epochs_open:
                 t.closed = True
-            self._note(f"budget of ${cfg.budget_usd} spent: no more ideas are planned")
+            self._note(f"{why}: no more ideas are planned; ideas in flight finish")
             return False
         tally = await self._open_epoch(cfg, spec)
         size = self._epoch_size(cfg, tally.epoch)
@@ -369,10 +377,16 @@ class CampaignWorkflow:
             for i in res.ideas[: max(0, room)]
         ]
 
-    def _budget_left(self, cfg: CampaignConfig) -> bool | None:
-        if cfg.budget_usd is None:
-            return None
-        return self._state.usage.cost_usd < cfg.budget_usd
+    def _budget_spent(self, cfg: CampaignConfig) -> tuple[str, str] | None:
+        """(stopped reason, why) once a budget is spent: ``budget_usd`` of LLM calls, or ``budget_gpu_hours`` of
+        training by the finished ideas; None while both last."""
+        st = self._state
+        if cfg.budget_usd is not None and st.usage.cost_usd >= cfg.budget_usd:
+            return "budget_exhausted", f"budget of ${cfg.budget_usd} spent"
+        if cfg.budget_gpu_hours is not None and st.device_time.gpu_hours >= cfg.budget_gpu_hours:
+            used = st.device_time.gpu_hours
+            return "gpu_budget_exhausted", f"GPU budget of {cfg.budget_gpu_hours:g} h spent ({used:.3g} GPU-h used)"
+        return None
 
     def _note(self, text: str) -> None:
         workflow.logger.info("campaign %s: %s", self._config.name, text)
@@ -456,6 +470,7 @@ class CampaignWorkflow:
             return  # already absorbed (a signal and a watch, or a re-attach, can both report one idea)
         direction = self._spec.direction if self._spec else "min"
         st.usage = st.usage + done.usage
+        st.device_time = st.device_time + s.device_time
         st.ideas_done += 1
         st.ideas_ok += s.status == "ok"
         if s.origin == "baseline":
@@ -470,6 +485,7 @@ class CampaignWorkflow:
             for t in st.epochs_open:
                 if t.epoch == s.epoch:
                     t.done += 1
+                    t.device_time = t.device_time + s.device_time
                     if s.status == "ok" and s.metric is not None:
                         t.ok += 1
                         if t.best is None or self._better(s.metric, t.best):
@@ -528,6 +544,8 @@ class CampaignWorkflow:
                 "ideas": float(t.done),
                 "ideas_ok": float(t.ok),
                 "execution_rate": t.ok / t.done if t.done else 0.0,
+                **t.device_time.metrics(),
+                **st.device_time.metrics("campaign_"),
             }
             if t.best is not None:
                 summary["epoch_best_metric"] = t.best

@@ -194,6 +194,10 @@ def start(
     profile: str | None = typer.Option(None, help="env profile, e.g. default or smoke"),
     seed: int | None = typer.Option(None),
     confirm_top_k: int | None = typer.Option(None, help="re-run the top K ideas on fresh seeds at the end"),
+    budget_usd: float | None = typer.Option(None, help="LLM spend after which no new idea is planned"),
+    budget_gpu_hours: float | None = typer.Option(
+        None, help="GPU-hours of training (every attempt) after which no new idea starts; ideas in flight finish"
+    ),
     restart: bool = typer.Option(
         False, "--restart", help="delete a campaign of this name (history, saved state, MLflow) and start afresh"
     ),
@@ -221,6 +225,8 @@ def start(
                 "profile": profile,
                 "seed": seed,
                 "confirm_top_k": confirm_top_k,
+                "budget_usd": budget_usd,
+                "budget_gpu_hours": budget_gpu_hours,
             },
         )
     except CampaignError as e:
@@ -367,10 +373,14 @@ async def _view(client, settings: Settings, name: str, tracker) -> tuple[Campaig
 def _print_closed(view: CampaignView, direction: str) -> None:
     if view.state == "completed" and view.result is not None:
         r = view.result
+        from ideaforge.cli.display import compute_text
+
+        why = "" if r.stopped_reason == "completed" else f" (stopped early: {r.stopped_reason.replace('_', ' ')})"
         console.print(
-            f"campaign [bold]{view.name}[/bold] completed: {r.epochs_completed} epochs, "
+            f"campaign [bold]{view.name}[/bold] completed{why}: {r.epochs_completed} epochs, "
             f"{r.ideas_done} ideas"
         )
+        console.print(f"compute: {compute_text(view)}", highlight=False)
         _print_leaderboard(r.archive, direction, r.baseline_metric)
     elif view.state not in ("running", "unknown"):
         err.print(f"campaign {view.name} is {view.state}. {campaigns.next_step(view)}", highlight=False)
@@ -442,6 +452,7 @@ async def _show(client, settings: Settings, name: str, follow: bool) -> int:  # 
     if view.state == "unknown" and view.saved is not None:
         st = view.saved.state
         console.print(f"campaign {name}: Temporal has no record of it; its saved state holds {st.next_epoch} epochs")
+        console.print(f"compute: {display.compute_text(view)}", highlight=False)
         _print_leaderboard(st.archive, direction, st.baseline_metric)
     return OK
 
@@ -458,6 +469,10 @@ def _show_saved_only(settings: Settings, name: str, why: str) -> NoReturn:
         f"campaign {name} (saved state): {st.next_epoch}/{saved.config.epochs} epochs saved, "
         f"{sum(s.origin != 'baseline' for s in st.archive)} ideas, baseline {_fmt(st.baseline_metric)}"
     )
+    from ideaforge.cli.display import compute_text
+
+    view = campaigns.CampaignView(name=name, state="unknown", saved=saved, config=saved.config)
+    console.print(f"compute: {compute_text(view)}", highlight=False)
     _print_leaderboard(st.archive, direction, st.baseline_metric)
     _exit(DEGRADED)
 

@@ -91,6 +91,29 @@ def _pick(view: CampaignView, field: str):  # noqa: ANN202 - a field of the live
     return None
 
 
+def compute_text(view: CampaignView) -> str:
+    """Device time of the finished ideas (every training attempt), against the GPU budget if there is one, and
+    why planning stopped (a budget spent): from the live status, else the result, else the saved state."""
+    stopped = None
+    if view.live is not None:
+        dt, budget, stopped = view.live.device_time, view.live.budget_gpu_hours, view.live.stopped_reason
+    elif view.result is not None:
+        dt, budget = view.result.device_time, view.config.budget_gpu_hours if view.config else None
+        if view.result.stopped_reason != "completed":
+            stopped = view.result.stopped_reason
+    elif view.saved is not None:
+        dt, budget = view.saved.state.device_time, view.saved.config.budget_gpu_hours
+        stopped = view.saved.state.stopped_reason
+    else:
+        return "-"
+    text = dt.text()
+    if budget is not None:
+        text += f"; GPU budget {budget:g} h ({dt.gpu_hours / budget:.0%} used)"
+    if stopped:
+        text += f"; stopped: {stopped.replace('_', ' ')}"
+    return text
+
+
 def vs_baseline(best: float | None, base: float | None, direction: str) -> str:
     if best is None or base is None or base == 0:
         return ""
@@ -160,7 +183,8 @@ def header_line(view: CampaignView, ideas: list[IdeaProgress], direction: str) -
     return (
         f"{view.name} epoch {epoch_text(view)}: {c['done']} done, {c['failed']} failed, "
         f"{c['running']} running, {c['queued']} queued | baseline {base_txt} | "
-        f"best {fmt_metric(best)} ({best_id}){vs_baseline(best, base, direction)}{worker}"
+        f"best {fmt_metric(best)} ({best_id}){vs_baseline(best, base, direction)} | "
+        f"compute {compute_text(view)}{worker}"
     )
 
 
@@ -180,9 +204,11 @@ def rich_view(view: CampaignView, ideas: list[IdeaProgress], direction: str, now
     top.add_row("ideas", f"{c['done']} done, {c['failed']} failed, {c['running']} running, {c['queued']} queued")
     top.add_row("baseline", base_txt)
     top.add_row("best", f"{fmt_metric(best)} ({best_id}){vs_baseline(best, base, direction)}")
+    top.add_row("compute", compute_text(view))
     if view.live is not None and view.live.usage.calls:
         u = view.live.usage
-        top.add_row("LLM", f"{u.calls} calls, {u.input_tokens + u.output_tokens} tokens, ${u.cost_usd:.4f}")
+        budget = f" of a ${view.live.budget_usd:g} budget" if view.live.budget_usd is not None else ""
+        top.add_row("LLM", f"{u.calls} calls, {u.input_tokens + u.output_tokens} tokens, ${u.cost_usd:.4f}{budget}")
     if view.worker_silent:
         top.add_row("worker", Text("not answering: `ideaforge up` restarts the local one", style="red"))
     elif view.state != "running":
