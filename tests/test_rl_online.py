@@ -260,6 +260,7 @@ def test_rl_campaign_on_temporal_trains_serves_and_survives_a_killed_trainer(
         reply_format="text",
         adapter_root=str(tmp_path / "adapters"),
         trainer_heartbeat_s=10,
+        steps_per_run=2,  # step 3 runs after a continue-as-new
         rl=RLConfig(run_name=name, steps=3, num_generations=4, max_completion_length=12, learning_rate=0.05),
     )
     trainer = spawn_worker(tmp_path / "trainer1.log", queues="rl")
@@ -315,3 +316,25 @@ def test_rl_campaign_on_temporal_trains_serves_and_survives_a_killed_trainer(
 
     hist = MlflowClient(served_settings.mlflow_uri).get_metric_history(steps[2].mlflow_run_id, "rl/mean_reward")
     assert {m.step for m in hist} == {1, 2, 3}
+
+
+@pytest.mark.slow  # CLI processes
+def test_rl_cli_refuses_a_bad_config_and_says_when_temporal_is_down(settings: Settings, tmp_path: Path):
+    from tests.test_cli import cli, no_traceback
+
+    p = cli("rl", "start", "r1", "--env", "rl_words")
+    no_traceback(p)
+    assert p.returncode == 1 and "bad RL campaign config: model_path" in p.stderr
+    p = cli("rl", "start", "r1", "--env", "rl_words", "--model", str(tmp_path), "--group", "1")
+    no_traceback(p)
+    assert p.returncode == 1 and "rl.num_generations" in p.stderr
+    (tmp_path / "bad.toml").write_text("name = [")
+    p = cli("rl", "start", "r1", "--config", str(tmp_path / "bad.toml"))
+    assert p.returncode == 1 and "cannot read" in p.stderr
+    p = cli("rl", "start", "r1", "--env", "rl_words", "--model", str(tmp_path))  # nothing listens
+    no_traceback(p)
+    assert p.returncode == 2 and "cannot reach Temporal" in p.stderr
+    p = cli("rl", "tiny-model", str(tmp_path / "m"), "--env", "rl_words")
+    assert p.returncode == 0 and (tmp_path / "m" / "config.json").is_file()
+    p = cli("rl", "tiny-model", str(tmp_path / "m"), "--env", "rl_words")
+    assert p.returncode == 1 and "already holds a model" in p.stderr

@@ -196,9 +196,22 @@ def train_step(
         until_step=req.step,
         on_checkpoint=on_checkpoint,
     )
+    del model
+    _free_accelerator()
     if req.step not in results:
         raise RLStateError(f"RL {cfg.run_name}: the trainer stopped before step {req.step}")
     return results[req.step]
+
+
+def _free_accelerator() -> None:
+    """Give the GPU memory of a finished update back (the ideas train on the GPUs between updates)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 # --------------------------------------------------------------------------- the server side
