@@ -1,6 +1,7 @@
 """Temporal activities of an RL campaign: thin adapters over :mod:`ideaforge.rl.online`.
 
 - ``rl_sample`` (cpu queue): a group of replies from the served ideator;
+- ``rl_resume`` (cpu queue): the run's last completed step in the store (a campaign started again resumes);
 - ``rl_update`` (rl queue): one GRPO update, run in a thread while the activity heartbeats, so a dead trainer
   is noticed within the campaign's ``trainer_heartbeat_s`` and its step retried from the last checkpoint;
 - ``rl_load_adapter`` (rl queue): unpack the step's adapter where the server reads it and have it loaded.
@@ -19,7 +20,15 @@ from temporalio.exceptions import ApplicationError
 from ideaforge import names
 from ideaforge.config import Settings
 from ideaforge.llm.errors import LLMError
-from ideaforge.models import RLLoadAdapterRequest, RLSampleRequest, RLSamples, RLStepRequest, RLStepResult
+from ideaforge.models import (
+    MAX_RL_HISTORY,
+    RLLoadAdapterRequest,
+    RLResumePoint,
+    RLSampleRequest,
+    RLSamples,
+    RLStepRequest,
+    RLStepResult,
+)
 from ideaforge.rl import online
 from ideaforge.store.artifacts import ObjectStore
 
@@ -49,6 +58,13 @@ class RLActivities:
         except LLMError as e:  # the server is down or refused: retried by the policy, then the campaign fails
             raise ApplicationError(f"sampling from the served ideator failed: {e}") from e
 
+    @activity.defn(name=names.RL_RESUME)
+    async def rl_resume(self, run_name: str) -> RLResumePoint:
+        try:
+            return await asyncio.to_thread(online.resume_point, self.store, run_name, MAX_RL_HISTORY)
+        except online.RLStateError as e:
+            raise ApplicationError(str(e), type="RLStateError", non_retryable=True) from e
+
     @activity.defn(name=names.RL_UPDATE)
     async def rl_update(self, req: RLStepRequest) -> RLStepResult:
         work = self.rl_home / "work" / req.rl.run_name
@@ -75,7 +91,7 @@ class RLActivities:
 
     def sampling(self) -> list:
         """The activities of the cpu queue."""
-        return [self.rl_sample]
+        return [self.rl_sample, self.rl_resume]
 
     def training(self) -> list:
         """The activities of the rl queue (the trainer's machine, sharing ``adapter_root`` with the server)."""

@@ -859,11 +859,20 @@ class RLLoadAdapterRequest(Strict):
     adapter_root: str | None = None
 
 
+class RLResumePoint(Strict):
+    """What the store knows of an RL run: its last completed step and the metrics of the steps before."""
+
+    last: RLStepResult | None = None
+    history: list[StepMetrics] = Field(default_factory=list)
+
+
 class RLCampaignState(Strict):
+    store_checked: bool = False  # the store's last completed step was read (a campaign started again resumes)
     steps_done: int = 0
     baseline_done: bool = False
     baseline_metric: float | None = None
     adapter_name: str | None = None  # the adapter the server samples from (None: the base model)
+    adapter: ArtifactRef | None = None  # its zip in the store (reloaded into the server after a restart)
     pending: RLSamples | None = None  # samples of the step in progress
     history: list[StepMetrics] = Field(default_factory=list)  # the last MAX_RL_HISTORY steps
     sampled_from: list[str] = Field(default_factory=list)  # the served model of each of those steps

@@ -28,6 +28,7 @@ RL_QUEUE = "rl"  # the trainer's queue (a GPU machine in production; one update 
 RL_SAMPLE = "rl_sample"
 RL_UPDATE = "rl_update"
 RL_LOAD_ADAPTER = "rl_load_adapter"
+RL_RESUME = "rl_resume"  # the last completed step in the store, for a campaign started again under its name
 
 # --------------------------------------------------------------------------- search attributes
 

@@ -24,8 +24,8 @@ import pytest
 from ideaforge.research_envs.registry import load_env
 
 from ideaforge.config import Settings
-from ideaforge.models import RLCampaignConfig, RLConfig, RLScored, RLStepRequest
-from ideaforge.rl.online import read_reply, rl_messages, stored_step, tiny_corpus, train_step
+from ideaforge.models import RLCampaignConfig, RLConfig, RLResumePoint, RLScored, RLStepRequest
+from ideaforge.rl.online import read_reply, resume_point, rl_messages, stored_step, tiny_corpus, train_step
 from ideaforge.rl.trainer import latest_pointer
 from ideaforge.store.artifacts import LocalStore, open_store
 
@@ -200,7 +200,9 @@ def test_update_is_idempotent_and_refuses_a_step_the_store_cannot_continue(tmp_p
         for c, r in [("use rmsnorm", 0.4), ("add muon and ema", 1.1), ("the a", -1.0), ("", -1.0)]
     ]
     req = RLStepRequest(rl=cfg, step=1, model_path=str(model_dir), messages=rl_messages(env, "text"), scored=scored)
+    assert resume_point(store, "idem", 50) == RLResumePoint()  # nothing done yet
     first = train_step(req, tmp_path / "w", store)
+    assert resume_point(store, "idem", 50) == RLResumePoint(last=first, history=[first.metrics])
     assert first.step == 1 and first.adapter_name == "idem-step0001" and first.resumed_from == 0
     assert first.metrics.n == 4 and first.metrics.execution_rate == 0.5 and first.metrics.max_reward == 1.1
     assert train_step(req, tmp_path / "w2", store) == first  # a retried activity gets the stored step
@@ -268,7 +270,7 @@ def test_rl_campaign_on_temporal_trains_serves_and_survives_a_killed_trainer(
     store = open_store(served_settings)
     client = temporal_env.client
 
-    async def scenario() -> RLCampaignResult:
+    async def scenario() -> tuple[RLCampaignResult, RLCampaignResult]:
         nonlocal trainer2
         async with running_worker(client, served_settings, ["orchestrator", "cpu", "cpu-train"], slots=2):
             handle, what = await rlc.start(client, cfg)
@@ -280,10 +282,17 @@ def test_rl_campaign_on_temporal_trains_serves_and_survives_a_killed_trainer(
             p = latest_pointer(store, name)
             assert p is not None and p.step == 1, "the kill must land before step 2 completed"
             trainer2 = spawn_worker(tmp_path / "trainer2.log", queues="rl")
-            return await asyncio.wait_for(handle.result(), 600)
+            first = await asyncio.wait_for(handle.result(), 600)
+            assert (await rlc.status(client, name))[0] == "completed"
+            assert (await rlc.start(client, cfg))[1] == "finished"
+            # started again under its name with a longer budget, the campaign goes on from step 3
+            longer = cfg.model_copy(update={"rl": cfg.rl.model_copy(update={"steps": 4})})
+            again, what = await rlc.start(client, longer)
+            assert what == "resumed"
+            return first, await asyncio.wait_for(again.result(), 600)
 
     try:
-        res = asyncio.run(scenario())
+        res, res4 = asyncio.run(scenario())
     finally:
         for proc in (trainer, trainer2):
             if proc is not None:
@@ -296,7 +305,7 @@ def test_rl_campaign_on_temporal_trains_serves_and_survives_a_killed_trainer(
     assert res.sampled_from == ["base", "rlt-step0001", "rlt-step0002"] and res.adapter_name == "rlt-step0003"
     steps = [stored_step(store, name, k) for k in (1, 2, 3)]
     assert [s.resumed_from for s in steps] == [0, 1, 2]  # step 2 was redone from step 1's checkpoint
-    assert latest_pointer(store, name).step == 3
+    assert latest_pointer(store, name).step == 4  # after the resumed run below
     # the adapter changes from step to step
     tensors = [_adapter_tensors(store.get_bytes(s.adapter)) for s in steps]
     for before, after in zip(tensors, tensors[1:], strict=False):
@@ -315,7 +324,11 @@ def test_rl_campaign_on_temporal_trains_serves_and_survives_a_killed_trainer(
     from mlflow import MlflowClient
 
     hist = MlflowClient(served_settings.mlflow_uri).get_metric_history(steps[2].mlflow_run_id, "rl/mean_reward")
-    assert {m.step for m in hist} == {1, 2, 3}
+    assert {m.step for m in hist} == {1, 2, 3, 4}
+    # the campaign started again resumed from the store: only step 4 ran, from step 3's adapter
+    assert res4.steps_done == 4 and res4.sampled_from == ["rlt-step0003"] and res4.adapter_name == "rlt-step0004"
+    assert len(res4.history) == 4 and res4.history[:3] == res.history
+    assert stored_step(store, name, 4).resumed_from == 3
 
 
 @pytest.mark.slow  # CLI processes

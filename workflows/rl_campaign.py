@@ -10,7 +10,9 @@ First the baseline runs once (its metric is what every reward is measured agains
 4. ``rl_load_adapter``: the new adapter is loaded into the server, and step k+1 samples from it.
 Durability: the samples of the step in progress are workflow state, the children are workflows, the update is
 idempotent (a retry returns the stored step, an interrupted one restarts from the last checkpoint in the
-store). The workflow continues as new every ``steps_per_run`` steps, between steps (no child in flight).
+store). The workflow continues as new every ``steps_per_run`` steps, between steps (no child in flight). A
+campaign started again under its name (after it failed or was terminated) reads the store's last completed
+step (``rl_resume``), has its adapter loaded and goes on from there.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
     from ideaforge import names
     from ideaforge.models import (
         MAX_RL_HISTORY,
+        ArtifactRef,
         EnvSpec,
         Idea,
         IdeaDone,
@@ -38,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         RLCampaignResult,
         RLCampaignStatus,
         RLLoadAdapterRequest,
+        RLResumePoint,
         RLSampleRequest,
         RLSamples,
         RLScored,
@@ -104,6 +108,10 @@ class RLCampaignWorkflow:
             start_to_close_timeout=timedelta(minutes=1),
             retry_policy=CPU_RETRY,
         )
+        if not st.store_checked:
+            await self._resume_from_store()
+        if st.adapter is not None and st.adapter_name is not None:
+            await self._load_adapter(st.adapter_name, st.adapter)  # the server may have restarted meanwhile
         if not st.baseline_done:
             await self._baseline(spec)
         run_start = st.steps_done
@@ -173,27 +181,48 @@ class RLCampaignWorkflow:
             heartbeat_timeout=timedelta(seconds=cfg.trainer_heartbeat_s),
             retry_policy=TRAIN_RETRY,
         )
-        self._phase = f"step {k}: loading adapter {res.adapter_name}"
-        await workflow.execute_activity(
-            names.RL_LOAD_ADAPTER,
-            RLLoadAdapterRequest(
-                server_url=cfg.server_url,
-                adapter_name=res.adapter_name,
-                adapter=res.adapter,
-                adapter_root=cfg.adapter_root,
-            ),
-            result_type=str,
-            task_queue=names.RL_QUEUE,
-            start_to_close_timeout=timedelta(minutes=30),
-            retry_policy=SAMPLE_RETRY,
-        )
-        st.adapter_name = res.adapter_name
+        await self._load_adapter(res.adapter_name, res.adapter)
+        st.adapter_name, st.adapter = res.adapter_name, res.adapter
         st.history = [*st.history, res.metrics][-MAX_RL_HISTORY:]
         st.sampled_from = [*st.sampled_from, samples.model][-MAX_RL_HISTORY:]
         best = max(sc.reward for sc in scored)
         st.best_reward = best if st.best_reward is None else max(st.best_reward, best)
         st.pending = None
         st.steps_done = k
+
+    async def _load_adapter(self, name: str, adapter: ArtifactRef) -> None:
+        """Have the server load ``adapter`` as model ``name`` (idempotent: a loaded one stays)."""
+        cfg = self._config
+        self._phase = f"loading adapter {name}"
+        await workflow.execute_activity(
+            names.RL_LOAD_ADAPTER,
+            RLLoadAdapterRequest(
+                server_url=cfg.server_url, adapter_name=name, adapter=adapter, adapter_root=cfg.adapter_root
+            ),
+            result_type=str,
+            task_queue=names.RL_QUEUE,
+            start_to_close_timeout=timedelta(minutes=30),
+            retry_policy=SAMPLE_RETRY,
+        )
+
+    async def _resume_from_store(self) -> None:
+        """A campaign started again under its name goes on from the last step its trainer completed."""
+        st = self._state
+        point = await workflow.execute_activity(
+            names.RL_RESUME,
+            self._config.rl.run_name,
+            result_type=RLResumePoint,
+            task_queue=names.CPU_QUEUE,
+            start_to_close_timeout=timedelta(minutes=2),
+            retry_policy=CPU_RETRY,
+        )
+        st.store_checked = True
+        if point.last is not None and point.last.step > st.steps_done:
+            st.steps_done = point.last.step
+            st.adapter_name, st.adapter = point.last.adapter_name, point.last.adapter
+            st.history = point.history
+            st.sampled_from = []  # not known for the steps of an earlier workflow
+            self._note(f"resumed from step {point.last.step} in the store")
 
     async def _execute(self, spec: EnvSpec, k: int, j: int) -> IdeaOutcome | None:
         """Sample ``j`` of step ``k`` through the normal idea machinery; None when it holds no idea."""

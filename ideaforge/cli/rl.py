@@ -53,20 +53,19 @@ async def _describe(client: Client, name: str):
 
 
 async def start(client: Client, config: RLCampaignConfig) -> tuple[WorkflowHandle, str]:
-    """Start an RL campaign; a running one with the same config is attached to, a different one refused."""
+    """Start an RL campaign by name: a running one is attached to, a completed one is "finished" unless
+    ``config.rl.steps`` asks for more; one that failed, was terminated or asks for more steps starts again and
+    resumes from the last step its trainer completed (the store)."""
     desc = await _describe(client, config.name)
     wid = names.rl_workflow_id(config.name)
     handle = client.get_workflow_handle_for(RLCampaignWorkflow.run, wid)
     if desc is not None and desc.status == WorkflowExecutionStatus.RUNNING:
         return handle, "attached"
     if desc is not None and desc.status == WorkflowExecutionStatus.COMPLETED:
-        return handle, "finished"
-    if desc is not None:
-        raise CampaignError(
-            f"RL campaign {config.name!r} ended ({desc.status.name.lower()}); its trainer checkpoint is in the "
-            "store: start it under the same name after `temporal workflow delete` to continue from the last "
-            "completed step, or pick another --name"
-        )
+        done = await client.get_workflow_handle(wid, result_type=RLCampaignResult).result()
+        if done.steps_done >= config.rl.steps:
+            return handle, "finished"
+    what = "started" if desc is None else "resumed"
     handle = await client.start_workflow(
         RLCampaignWorkflow.run,
         RLCampaignInput(config=config),
@@ -75,7 +74,7 @@ async def start(client: Client, config: RLCampaignConfig) -> tuple[WorkflowHandl
         id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
     )
-    return handle, "started"
+    return handle, what
 
 
 async def status(client: Client, name: str) -> tuple[str, RLCampaignStatus | RLCampaignResult | None]:

@@ -27,6 +27,7 @@ from ideaforge.llm.ideator import parse_ideas_lenient, system_prompt
 from ideaforge.llm.prompts import render
 from ideaforge.models import (
     ArtifactRef,
+    RLResumePoint,
     RLSample,
     RLSampleRequest,
     RLSamples,
@@ -119,6 +120,18 @@ def step_key(run_name: str, step: int) -> str:
 def stored_step(store: ObjectStore, run_name: str, step: int) -> RLStepResult | None:
     raw = store.get_named(step_key(run_name, step))
     return RLStepResult.model_validate_json(raw) if raw else None
+
+
+def resume_point(store: ObjectStore, run_name: str, max_history: int) -> RLResumePoint:
+    """The run's last completed step in the store (None if none) and the metrics of its last steps."""
+    pointer = latest_pointer(store, run_name)
+    if pointer is None:
+        return RLResumePoint()
+    steps = [stored_step(store, run_name, k) for k in range(max(1, pointer.step - max_history + 1), pointer.step + 1)]
+    done = [s for s in steps if s is not None]
+    if not done or done[-1].step != pointer.step:
+        raise RLStateError(f"RL run {run_name}: the store's pointer is at step {pointer.step} without its result")
+    return RLResumePoint(last=done[-1], history=[s.metrics for s in done])
 
 
 def adapter_zip(checkpoint: Path) -> bytes:
