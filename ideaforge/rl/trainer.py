@@ -189,7 +189,7 @@ def run_grpo(
     """Train ``model`` with GRPO on ``prompts`` rewarded by ``scorer``; resume from the store if a run exists.
 
     ``replay``: the step's completions and rewards are given (``scorer`` is not called). ``until_step``:
-    stop once that global step is done. ``on_checkpoint(step, checkpoint_dir, metrics)`` is called after a
+    stop once that global step is done. ``on_checkpoint(step, checkpoint_dir, metrics, mlflow_run_id)`` runs after a
     step's checkpoint is written and before the store's pointer moves to it.
     ``crash_at_step`` (tests): raise :class:`StopAfterStep` while generating that step (1-based), i.e. after
     step ``crash_at_step - 1`` completed and before step ``crash_at_step`` does.
