@@ -329,6 +329,13 @@ def test_rl_campaign_on_temporal_trains_serves_and_survives_a_killed_trainer(
     assert res4.steps_done == 4 and res4.sampled_from == ["rlt-step0003"] and res4.adapter_name == "rlt-step0004"
     assert len(res4.history) == 4 and res4.history[:3] == res.history
     assert stored_step(store, name, 4).resumed_from == 3
+    # the CLI reads the campaign's steps
+    from tests.test_cli import cli, no_traceback
+
+    p = cli("rl", "status", name)
+    no_traceback(p)
+    assert p.returncode == 0 and "completed" in p.stdout and "rlt-step0004" in p.stdout, p.stdout + p.stderr
+    assert cli("rl", "status", "ghost").returncode == 4
 
 
 @pytest.mark.slow  # CLI processes
