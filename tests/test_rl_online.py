@@ -109,6 +109,14 @@ def _http(url: str, body: dict | None = None) -> tuple[int, dict | str]:
         return code, raw
 
 
+def _http_raw(req: urllib.request.Request) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
 def _spawn_server(model_dir: Path, port: int, log: Path) -> subprocess.Popen:
     out = open(log, "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
@@ -184,6 +192,36 @@ def test_cpu_server_serves_base_and_each_loaded_adapter(tmp_path: Path):
         srv.chat(ChatRequest(model="nope", messages=msgs))
     srv.load("c", str(a))  # a third adapter: the oldest (a) is dropped (max_loras=2)
     assert [m["id"] for m in srv.models()] == ["base", "b", "c"]
+
+    # over HTTP: OpenAI-style errors, and the ideator's own client gets a reply from an adapter
+    import threading
+
+    from ideaforge.cli.procs import free_port
+    from ideaforge.llm.client import LLMClient, LLMError
+    from ideaforge.models import ProviderConfig
+    from ideaforge.rl.serve import serve
+
+    port = free_port()
+    httpd = serve(srv, port=port)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        req = urllib.request.Request(f"{url}/chat/completions", data=b"{not json", method="POST")
+        code, body = _http_raw(req)
+        assert code == 400 and "not JSON" in body["error"]["message"]
+        code, body = _http(f"{url}/chat/completions", {"model": "b", "messages": []})
+        assert code == 400 and body["error"]["message"].startswith("messages")
+        assert _http(f"{url}/nowhere")[0] == 404
+        code, body = _http(f"{url}/load_lora_adapter", {"lora_name": "d"})
+        assert code == 400 and "lora_path is required" in body["error"]["message"]
+        provider = ProviderConfig(kind="openai-compatible", base_url=url, model="c", max_tokens=16)
+        reply = asyncio.run(LLMClient(provider).complete("system", [{"role": "user", "content": "use ema"}]))
+        assert reply.usage.output_tokens > 0 and reply.finish_reason in ("stop", "length")
+        ghost = provider.model_copy(update={"model": "ghost"})
+        with pytest.raises(LLMError, match="404"):
+            asyncio.run(LLMClient(ghost).complete("system", [{"role": "user", "content": "x"}]))
+    finally:
+        httpd.shutdown()
 
 
 # --------------------------------------------------------------------------- the durable update
