@@ -78,7 +78,7 @@ class RLActivities:
             activity.heartbeat(f"step {req.step}")
         try:
             return task.result()
-        except (online.RLStateError, ValueError) as e:
+        except (online.RLStateError, ValueError, FileNotFoundError) as e:  # a retry cannot fix these
             raise ApplicationError(str(e), type=type(e).__name__, non_retryable=True) from e
 
     @activity.defn(name=names.RL_LOAD_ADAPTER)

@@ -62,7 +62,7 @@ TRAIN_RETRY = RetryPolicy(
     backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=60),
     maximum_attempts=5,
-    non_retryable_error_types=["RLStateError", "ValueError", "ValidationError"],
+    non_retryable_error_types=["RLStateError", "ValueError", "ValidationError", "FileNotFoundError"],
 )
 MAX_NOTES = 10
 
