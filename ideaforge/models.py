@@ -798,3 +798,196 @@ class CampaignResult(Strict):
     ideas_done: int = 0
     archive_ref: ArtifactRef | None = None
     device_time: DeviceTime = Field(default_factory=DeviceTime)
+
+
+# --------------------------------------------------------------------------- RL of the ideator
+
+
+class RLConfig(Strict):
+    """One RL run's settings (offline, or the trainer side of an RL campaign)."""
+
+    run_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    steps: int = Field(30, ge=1)
+    num_generations: int = Field(8, ge=2, description="group size: ideas sampled per prompt")
+    prompts_per_step: int = Field(1, ge=1)
+    max_completion_length: int = Field(16, ge=1)
+    learning_rate: float = Field(5e-3, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    beta: float = Field(0.0, ge=0, description="KL coefficient against the reference policy")
+    lora: bool = True
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    novelty_weight: float = Field(
+        0.0, ge=0, description="anti-collapse: weight of the novelty bonus; 0 = plain GRPO"
+    )
+    group_reward: Literal["raw", "best"] = Field(
+        "raw", description="anti-collapse: 'best' trains on 1 for each group's best idea(s), 0 for the rest"
+    )
+    gradient_checkpointing: bool = False
+    seed: int = 0
+
+
+class StepMetrics(Strict):
+    """The collapse metrics of one RL step's group of ideas (``ideaforge.rl.metrics.collapse_metrics``)."""
+
+    mean_reward: float
+    max_reward: float
+    distinct_ideas: int
+    distinct_fraction: float
+    semantic_diversity: float
+    category_entropy: float
+    reply_length: float
+    reasoning_length: float
+    execution_rate: float
+    n: int
+
+
+class RLCampaignConfig(Strict):
+    """An online RL campaign: sample a group of ideas from the served ideator, execute them, GRPO, reload.
+
+    ``model_path`` is the base model's local folder and ``adapter_root`` the folder adapters are unpacked into
+    for the server: both must be readable under the same paths by the ``rl`` queue's worker and the server.
+    """
+
+    name: str
+    env: str
+    rl: RLConfig
+    model_path: str
+    server_url: str = "http://127.0.0.1:8000/v1"  # OpenAI-compatible base URL of the served ideator
+    served_model: str = "base"  # the server's name for the base model (vLLM ``--served-model-name``)
+    adapter_root: str | None = None  # default: IDEAFORGE_HOME/rl/adapters on the rl worker
+    reply_format: Literal["json", "text"] = "json"  # json: the ideator's JSON; text: the reply is the idea
+    implementer: ProviderConfig = Field(default_factory=ProviderConfig)
+    profile: str = "default"
+    max_revisions: int = Field(2, ge=0, le=2)
+    seed: int = 0
+    trainer_heartbeat_s: int = Field(120, ge=2, le=3600)  # a dead trainer's step is retried after this
+    steps_per_run: int = Field(10, ge=1, le=1000)  # steps per workflow run before a continue-as-new
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError(f"RL campaign name {v!r} must be lowercase letters, digits, '-' or '_' (max 63)")
+        return v
+
+    @model_validator(mode="after")
+    def _run_is_campaign(self) -> RLCampaignConfig:
+        if self.rl.run_name != self.name:
+            raise ValueError(f"rl.run_name {self.rl.run_name!r} must be the campaign name {self.name!r}")
+        if self.rl.prompts_per_step != 1:
+            raise ValueError("an RL campaign samples one prompt per step (rl.prompts_per_step = 1)")
+        return self
+
+
+class RLSample(Strict):
+    """One sampled reply and the idea read from it (None: the reply holds no idea of the asked format)."""
+
+    completion: str
+    finished: bool = True  # the reply ended by itself (not cut at max tokens)
+    title: str | None = None
+    text: str | None = None
+
+
+class RLSampleRequest(Strict):
+    campaign: str
+    env: str
+    step: int
+    provider: ProviderConfig  # openai-compatible, model = the adapter (or base) name to sample from
+    n: int = Field(ge=1)
+    reply_format: Literal["json", "text"] = "json"
+
+
+class RLSamples(Strict):
+    step: int
+    messages: list[dict[str, str]]  # the prompt every sample answered (system + user)
+    samples: list[RLSample]
+    model: str  # which served model (adapter) produced them
+    usage: Usage = Field(default_factory=Usage)
+
+
+class RLScored(Strict):
+    completion: str
+    finished: bool = True
+    reward: float
+    executed: bool
+
+
+class RLStepRequest(Strict):
+    """One GRPO update on a step's executed group."""
+
+    rl: RLConfig
+    step: int = Field(ge=1)
+    model_path: str
+    messages: list[dict[str, str]]
+    scored: list[RLScored]
+
+
+class RLStepResult(Strict):
+    step: int
+    adapter: ArtifactRef  # zip of the PEFT adapter after this step
+    adapter_name: str
+    metrics: StepMetrics
+    resumed_from: int | None = None  # the store checkpoint this update started from
+    mlflow_run_id: str | None = None
+
+
+class RLLoadAdapterRequest(Strict):
+    server_url: str
+    adapter_name: str
+    adapter: ArtifactRef
+    adapter_root: str | None = None
+
+
+class RLResumePoint(Strict):
+    """What the store knows of an RL run: its last completed step and the metrics of the steps before."""
+
+    last: RLStepResult | None = None
+    history: list[StepMetrics] = Field(default_factory=list)
+
+
+class RLCampaignState(Strict):
+    store_checked: bool = False  # the store's last completed step was read (a campaign started again resumes)
+    steps_done: int = 0
+    baseline_done: bool = False
+    baseline_metric: float | None = None
+    adapter_name: str | None = None  # the adapter the server samples from (None: the base model)
+    adapter: ArtifactRef | None = None  # its zip in the store (reloaded into the server after a restart)
+    pending: RLSamples | None = None  # samples of the step in progress
+    history: list[StepMetrics] = Field(default_factory=list)  # the last MAX_RL_HISTORY steps
+    sampled_from: list[str] = Field(default_factory=list)  # the served model of each of those steps
+    best_reward: float | None = None
+    notes: list[str] = Field(default_factory=list)
+
+
+MAX_RL_HISTORY = 50
+
+
+class RLCampaignInput(Strict):
+    config: RLCampaignConfig
+    state: RLCampaignState = Field(default_factory=RLCampaignState)
+
+
+class RLCampaignStatus(Strict):
+    name: str
+    env: str
+    phase: str
+    steps_done: int
+    steps: int
+    adapter_name: str | None
+    baseline_metric: float | None
+    best_reward: float | None
+    last: StepMetrics | None
+    history: list[StepMetrics]
+    sampled_from: list[str]
+    notes: list[str]
+
+
+class RLCampaignResult(Strict):
+    name: str
+    steps_done: int
+    adapter_name: str | None
+    baseline_metric: float | None
+    best_reward: float | None
+    history: list[StepMetrics]
+    sampled_from: list[str]

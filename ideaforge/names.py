@@ -23,6 +23,13 @@ SAVE_STATE = "save_state"
 TRAIN_SLOTS = "train_slots"  # the worker's training slots: a campaign's default number of slots to keep busy
 IDEA_RESULTS = "idea_results"  # outcomes of ideas that closed while their campaign was not listening
 
+# RL of the ideator (RLCampaignWorkflow): sampling runs on the cpu queue, the GRPO trainer on its own queue
+RL_QUEUE = "rl"  # the trainer's queue (a GPU machine in production; one update at a time per worker)
+RL_SAMPLE = "rl_sample"
+RL_UPDATE = "rl_update"
+RL_LOAD_ADAPTER = "rl_load_adapter"
+RL_RESUME = "rl_resume"  # the last completed step in the store, for a campaign started again under its name
+
 # --------------------------------------------------------------------------- search attributes
 
 EPOCH = SearchAttributeKey.for_int("Epoch")
@@ -101,6 +108,16 @@ def parse_idea_id(value: str) -> IdeaRef:
 def state_key(campaign: str) -> str:
     """Object-store key of a campaign's last saved state (a CampaignInput as JSON)."""
     return f"campaigns/{campaign}/state.json"
+
+
+def rl_workflow_id(name: str) -> str:
+    """Id of an RL campaign's workflow: ``rl-<name>`` (its ideas are ``campaign-<name>/e<step>/i<k>``)."""
+    return f"rl-{name}"
+
+
+def rl_adapter_name(run_name: str, step: int) -> str:
+    """The served name of an RL run's adapter after ``step``: ``<run>-step<NNNN>``."""
+    return f"{run_name}-step{step:04d}"
 
 
 def experiment_name(campaign: str) -> str:

@@ -154,10 +154,10 @@ def test_report_and_export_of_an_unknown_campaign_exit_4(settings: Settings) -> 
 
 @pytest.mark.slow  # CLI processes
 def test_rl_refuses_a_missing_export_and_a_bad_run_name(settings: Settings, tmp_path: Path) -> None:
-    p = cli("rl", str(tmp_path / "nowhere"), "--run", "r1")
+    p = cli("rl", "offline", str(tmp_path / "nowhere"), "--run", "r1")
     no_traceback(p)
     assert p.returncode == 1 and "run `ideaforge export` first" in p.stderr
-    p = cli("rl", str(tmp_path), "--run", "bad name!")
+    p = cli("rl", "offline", str(tmp_path), "--run", "bad name!")
     no_traceback(p)
     assert p.returncode == 1 and "bad RL settings: run_name" in p.stderr
 

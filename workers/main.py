@@ -1,6 +1,9 @@
-"""Worker process: the orchestrator (workflows), the `cpu` activity queue and training queues.
+"""Worker process: the orchestrator (workflows), the `cpu` activity queue, training queues and the RL trainer.
 
-    python -m ideaforge.workers.main [--queues orchestrator,cpu,cpu-train] [--slots N] [--gpu-type h100]
+    python -m ideaforge.workers.main [--queues orchestrator,cpu,cpu-train,rl] [--slots N] [--gpu-type h100]
+
+The ``rl`` queue runs the GRPO updates of RL campaigns (one at a time) and loads adapters into the served
+ideator: run it on the machine that trains the ideator, sharing the adapter folder with the server.
 
 A training queue (``cpu-train`` or ``gpu-<type>``) runs at most ``slots`` experiments at once; on a GPU machine
 the slots default to the number of GPUs and each experiment gets its own ``CUDA_VISIBLE_DEVICES``. SIGTERM or
@@ -17,8 +20,10 @@ import signal
 
 from ideaforge.activities.campaign import CampaignActivities
 from ideaforge.activities.experiment import ExperimentActivities
+from ideaforge.activities.rl import RLActivities
 from ideaforge.workflows.campaign import CampaignWorkflow
 from ideaforge.workflows.idea import IdeaWorkflow
+from ideaforge.workflows.rl_campaign import RLCampaignWorkflow
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
@@ -54,7 +59,7 @@ def build_workers(client: Client, settings: Settings, queues: list[str], slots: 
             Worker(
                 client,
                 task_queue=names.ORCHESTRATOR_QUEUE,
-                workflows=[CampaignWorkflow, IdeaWorkflow],
+                workflows=[CampaignWorkflow, IdeaWorkflow, RLCampaignWorkflow],
                 identity=identity,
             )
         )
@@ -64,8 +69,19 @@ def build_workers(client: Client, settings: Settings, queues: list[str], slots: 
             Worker(
                 client,
                 task_queue=names.CPU_QUEUE,
-                activities=acts.all(),
+                activities=[*acts.all(), *RLActivities(settings, store).sampling()],
                 max_concurrent_activities=16,
+                identity=identity,
+            )
+        )
+    if names.RL_QUEUE in queues:
+        workers.append(
+            Worker(
+                client,
+                task_queue=names.RL_QUEUE,
+                activities=RLActivities(settings, store).training(),
+                max_concurrent_activities=1,  # one GRPO update at a time: it holds the whole accelerator
+                graceful_shutdown_timeout=_graceful(),
                 identity=identity,
             )
         )
@@ -92,7 +108,7 @@ def build_workers(client: Client, settings: Settings, queues: list[str], slots: 
             )
             log.info("training queue %s with %d slot(s): %s", q, n, device_ids)
     if not workers:
-        raise SystemExit(f"no known queue in {queues}: use orchestrator, cpu, cpu-train or gpu-<type>")
+        raise SystemExit(f"no known queue in {queues}: use orchestrator, cpu, cpu-train, gpu-<type> or rl")
     return workers
 
 

@@ -25,7 +25,7 @@ from ideaforge.cli import campaigns
 from ideaforge.cli.campaigns import CampaignError, CampaignNotFound, CampaignView
 from ideaforge.config import Settings
 from ideaforge.models import CampaignInput, IdeaSummary
-from ideaforge.names import experiment_name
+from ideaforge.names import experiment_name, rl_workflow_id
 
 OK, REFUSED, UNAVAILABLE, DEGRADED, NOT_FOUND = 0, 1, 2, 3, 4
 CONNECT_TIMEOUT_S = 3.0
@@ -693,8 +693,12 @@ def export(
     _exit(OK)
 
 
-@app.command("rl")
-def rl(
+rl_app = typer.Typer(no_args_is_help=True, help="RL of the ideator: offline from an export, or online RL campaigns.")
+app.add_typer(rl_app, name="rl")
+
+
+@rl_app.command("offline")
+def rl_offline(
     export_dir: Path = typer.Argument(..., help="an `ideaforge export` folder (or its ideas.jsonl)"),
     run_name: str = typer.Option(..., "--run", help="RL run name; a run of the same name resumes"),
     steps: int = typer.Option(30, help="GRPO steps"),
@@ -734,6 +738,166 @@ def rl(
     console.print(
         f"{res.steps_done} steps; adapter {res.adapter_dir}; plots {work / 'report'}; mlflow run {res.mlflow_run_id}"
     )
+    _exit(OK)
+
+
+@rl_app.command("start")
+def rl_start(
+    name: str = typer.Argument(..., help="RL campaign name (also the trainer run and the MLflow run)"),
+    env: str | None = typer.Option(None, help="research env"),
+    model: Path | None = typer.Option(None, help="base model folder, readable by the rl worker and the server"),
+    server: str | None = typer.Option(None, help="OpenAI-compatible base URL of the served ideator"),
+    served_model: str | None = typer.Option(None, help="the server's name of the base model"),
+    steps: int | None = typer.Option(None, help="RL steps"),
+    group: int | None = typer.Option(None, help="ideas sampled per step (GRPO group)"),
+    max_completion: int | None = typer.Option(None, help="max tokens per sampled idea"),
+    lr: float | None = typer.Option(None, help="learning rate"),
+    novelty: float | None = typer.Option(None, help="anti-collapse novelty bonus weight (0 = plain GRPO)"),
+    best_of_group: bool = typer.Option(False, help="anti-collapse: reward each group's best idea(s) only"),
+    reply_format: str | None = typer.Option(None, help="json (the ideator's format) or text (the reply is the idea)"),
+    adapter_root: Path | None = typer.Option(None, help="where adapters are unpacked for the server"),
+    config: Path | None = typer.Option(None, help="TOML file of the RL campaign config; flags override it"),
+    follow: bool = typer.Option(False, help="print each step's metrics until the campaign ends"),
+) -> None:
+    """Start an online RL campaign on Temporal (workers must serve orchestrator, cpu, a training queue and rl)."""
+    from ideaforge.cli import rl as rlc
+
+    try:
+        cfg = rlc.load_config(
+            config,
+            {
+                "name": name,
+                "env": env,
+                "model_path": str(model.resolve()) if model else None,
+                "server_url": server,
+                "served_model": served_model,
+                "reply_format": reply_format,
+                "adapter_root": str(adapter_root.resolve()) if adapter_root else None,
+                "rl.steps": steps,
+                "rl.num_generations": group,
+                "rl.max_completion_length": max_completion,
+                "rl.learning_rate": lr,
+                "rl.novelty_weight": novelty,
+                "rl.group_reward": "best" if best_of_group else None,
+            },
+        )
+    except CampaignError as e:
+        _fail(REFUSED, str(e))
+    settings = Settings.from_env()
+
+    async def go() -> None:
+        client = await _client(settings)
+        _, what = await rlc.start(client, cfg)
+        console.print(f"RL campaign {cfg.name}: {what} (workflow {rl_workflow_id(cfg.name)})")
+        if follow:
+            await _follow_rl(client, cfg.name)
+
+    _run(go())
+    _exit(OK)
+
+
+@rl_app.command("status")
+def rl_status(
+    name: str,
+    follow: bool = typer.Option(False, help="print each new step until the campaign ends"),
+) -> None:
+    """Steps, rewards and collapse metrics of an RL campaign (MLflow experiment `ideaforge-rl` has them too)."""
+    settings = Settings.from_env()
+
+    async def go() -> None:
+        client = await _client(settings)
+        if follow:
+            await _follow_rl(client, name)
+            return
+        from ideaforge.cli import rl as rlc
+
+        state, st = await rlc.status(client, name)
+        _print_rl(name, state, st)
+
+    _run(go())
+    _exit(OK)
+
+
+async def _follow_rl(client, name: str) -> None:
+    from ideaforge.cli import rl as rlc
+
+    shown = -1
+    while True:
+        state, st = await rlc.status(client, name)
+        done = getattr(st, "steps_done", 0) if st is not None else 0
+        if done != shown or state != "running":
+            _print_rl(name, state, st)
+            shown = done
+        if state != "running":
+            return
+        await asyncio.sleep(FOLLOW_EVERY_S)
+
+
+def _print_rl(name: str, state: str, st) -> None:
+    if st is None:
+        console.print(f"RL campaign {name}: {state} (no result; `temporal workflow show -w rl-{name}` says why)")
+        return
+    phase = getattr(st, "phase", state)
+    steps = getattr(st, "steps", None)
+    console.print(
+        f"RL campaign {name}: {state}, {phase}; steps {st.steps_done}{f'/{steps}' if steps else ''}; "
+        f"adapter {st.adapter_name or 'base'}; baseline {st.baseline_metric}; best reward {st.best_reward}"
+    )
+    t = Table()
+    for col in ("step", "mean reward", "max reward", "distinct", "diversity", "categories", "reply len", "executed"):
+        t.add_column(col)
+    first = st.steps_done - len(st.history) + 1
+    for i, m in enumerate(st.history):
+        t.add_row(
+            str(first + i),
+            f"{m.mean_reward:.3f}",
+            f"{m.max_reward:.3f}",
+            f"{m.distinct_ideas}/{m.n}",
+            f"{m.semantic_diversity:.3f}",
+            f"{m.category_entropy:.2f}",
+            f"{m.reply_length:.1f}",
+            f"{m.execution_rate:.0%}",
+        )
+    if st.history:
+        console.print(t)
+
+
+@rl_app.command("serve")
+def rl_serve(
+    model: Path = typer.Option(..., help="local model folder (config.json, weights, tokenizer)"),
+    host: str = typer.Option("127.0.0.1"),
+    port: int = typer.Option(8000),
+    served_model_name: str = typer.Option("base"),
+    max_loras: int = typer.Option(4, help="adapters kept loaded (the oldest is dropped)"),
+) -> None:
+    """Serve a model OpenAI-compatibly on a CPU, with runtime LoRA loading (vLLM's role on a GPU)."""
+    from ideaforge.rl.serve import main as serve_main
+
+    serve_main(
+        ["--model", str(model), "--host", host, "--port", str(port), "--served-model-name", served_model_name,
+         "--max-loras", str(max_loras)]
+    )  # fmt: skip
+    _exit(OK)
+
+
+@rl_app.command("tiny-model")
+def rl_tiny_model(
+    out: Path = typer.Argument(..., help="folder to write the model into (must not hold one)"),
+    env: str = typer.Option(..., help="the env whose prompt and catalogue words make the vocabulary"),
+    words: str = typer.Option("", help="extra words for the vocabulary"),
+    seed: int = typer.Option(0),
+) -> None:
+    """A tiny random Llama and word-level tokenizer for CPU RL runs (no download)."""
+    from ideaforge.research_envs.registry import load_env
+    from ideaforge.rl.online import tiny_corpus
+    from ideaforge.rl.policy import save_tiny_model
+
+    settings = Settings.from_env()
+    try:
+        path = save_tiny_model(out, tiny_corpus(load_env(env, settings.env_paths), words), seed=seed)
+    except (OSError, ValueError) as e:
+        _fail(REFUSED, f"cannot write the tiny model: {e}")
+    console.print(f"wrote {path}")
     _exit(OK)
 
 

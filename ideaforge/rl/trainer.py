@@ -5,6 +5,13 @@ metrics by step); the trainer checkpoint (adapter, optimiser, scheduler, RNG, tr
 novelty archive) is zipped into the artifact store (content-addressed) and the named pointer
 ``rl/<run_name>/latest.json`` moves to it. A run started again with the same ``run_name`` resumes from the
 last completed step.
+
+Two ways to get a step's ideas: TRL generates them from the policy and ``scorer`` rewards them (offline RL
+and the CPU benchmark), or ``replay`` gives them already sampled and executed (the online RL campaign: the
+served ideator sampled them, the normal machinery executed them); they then enter TRL through its
+``rollout_func`` hook and their execution rewards through the reward function, and TRL computes the GRPO
+loss, the update and the checkpoint as usual. ``until_step`` stops after that step (one durable update per
+call) with the schedule of the whole run.
 """
 
 from __future__ import annotations
@@ -16,11 +23,11 @@ import shutil
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
-from ideaforge.models import ArtifactRef
+from ideaforge.models import ArtifactRef, RLConfig
 from ideaforge.rl.metrics import StepMetrics, collapse_metrics
 from ideaforge.rl.scoring import NoveltyBonus, Scorer
 from ideaforge.store.artifacts import ObjectStore
@@ -28,30 +35,6 @@ from ideaforge.store.artifacts import ObjectStore
 log = logging.getLogger(__name__)
 
 STATE_FILE = "ideaforge_rl_state.json"
-
-
-class RLConfig(BaseModel):
-    """One RL campaign's settings."""
-
-    run_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-    steps: int = Field(30, ge=1)
-    num_generations: int = Field(8, ge=2, description="group size: ideas sampled per prompt")
-    prompts_per_step: int = Field(1, ge=1)
-    max_completion_length: int = Field(16, ge=1)
-    learning_rate: float = Field(5e-3, gt=0)
-    temperature: float = Field(1.0, gt=0)
-    beta: float = Field(0.0, ge=0, description="KL coefficient against the reference policy")
-    lora: bool = True
-    lora_r: int = Field(8, ge=1)
-    lora_alpha: int = Field(16, ge=1)
-    novelty_weight: float = Field(
-        0.0, ge=0, description="anti-collapse: weight of the novelty bonus; 0 = plain GRPO"
-    )
-    group_reward: Literal["raw", "best"] = Field(
-        "raw", description="anti-collapse: 'best' trains on 1 for each group's best idea(s), 0 for the rest"
-    )
-    gradient_checkpointing: bool = False
-    seed: int = 0
 
 
 class RLPointer(BaseModel):
@@ -124,6 +107,16 @@ def unzip_to(data: bytes, dest: Path) -> Path:
     return dest
 
 
+class Replay(BaseModel):
+    """A step's group, sampled and executed elsewhere: one prompt (token ids) and its scored completions."""
+
+    prompt_ids: list[int]
+    completion_ids: list[list[int]]
+    completions: list[str]
+    rewards: list[float]
+    executed: list[bool]
+
+
 def latest_pointer(store: ObjectStore, run_name: str) -> RLPointer | None:
     raw = store.get_named(pointer_key(run_name))
     return RLPointer.model_validate_json(raw) if raw else None
@@ -159,6 +152,25 @@ def _mlflow_run(uri: str | None, run_name: str, run_id: str | None, config: RLCo
     return client, run_id
 
 
+def _replay_rollout(replay: Replay):
+    """A TRL ``rollout_func`` that returns the given group instead of generating (one entry per prompt row)."""
+
+    def rollout(prompts: list, trainer: Any) -> dict:
+        n = len(replay.completion_ids)
+        if len(prompts) != n:
+            raise ValueError(f"the trainer asks for {len(prompts)} completions, the replayed group has {n}")
+        return {
+            "prompt_ids": [list(replay.prompt_ids) for _ in range(n)],
+            "completion_ids": [list(c) for c in replay.completion_ids],
+            "logprobs": None,
+            "replay_reward": list(replay.rewards),
+            "replay_executed": list(replay.executed),
+            "replay_text": list(replay.completions),
+        }
+
+    return rollout
+
+
 def run_grpo(
     model: Any,
     tokenizer: Any,
@@ -170,9 +182,15 @@ def run_grpo(
     mlflow_uri: str | None = None,
     novelty_seed: Sequence[str] = (),
     crash_at_step: int | None = None,
+    replay: Replay | None = None,
+    until_step: int | None = None,
+    on_checkpoint: Any = None,
 ) -> RLResult:
     """Train ``model`` with GRPO on ``prompts`` rewarded by ``scorer``; resume from the store if a run exists.
 
+    ``replay``: the step's completions and rewards are given (``scorer`` is not called). ``until_step``:
+    stop once that global step is done. ``on_checkpoint(step, checkpoint_dir, metrics, mlflow_run_id)`` runs after a
+    step's checkpoint is written and before the store's pointer moves to it.
     ``crash_at_step`` (tests): raise :class:`StopAfterStep` while generating that step (1-based), i.e. after
     step ``crash_at_step - 1`` completed and before step ``crash_at_step`` does.
     """
@@ -204,15 +222,20 @@ def run_grpo(
 
     rec = _Recorder()
 
-    def execution_reward(prompts: list, completions: list, **_: Any) -> list[float]:
+    def execution_reward(prompts: list, completions: list, **kw: Any) -> list[float]:
         prompts, completions = [as_text(p) for p in prompts], [as_text(c) for c in completions]
         if crash_at_step is not None and len(history) + 1 >= crash_at_step:
             raise StopAfterStep(f"simulated crash during step {len(history) + 1}")
-        scored = [scorer.score(p, c) for p, c in zip(prompts, completions, strict=True)]
-        rec.completions += list(completions)
-        rec.rewards += [s.reward for s in scored]
-        rec.executed += [s.executed for s in scored]
-        rewards = [s.reward for s in scored]
+        if "replay_reward" in kw:  # executed elsewhere: the rewards came with the rollout
+            rewards = [float(r) for r in kw["replay_reward"]]
+            rec.completions += list(kw["replay_text"])
+            rec.executed += [bool(e) for e in kw["replay_executed"]]
+        else:
+            scored = [scorer.score(p, c) for p, c in zip(prompts, completions, strict=True)]
+            rewards = [s.reward for s in scored]
+            rec.completions += list(completions)
+            rec.executed += [s.executed for s in scored]
+        rec.rewards += rewards
         return best_of_group(rewards, config.num_generations) if config.group_reward == "best" else rewards
 
     def novelty_bonus(prompts: list, completions: list, **_: Any) -> list[float]:
@@ -224,6 +247,8 @@ def run_grpo(
 
     class Progress(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
+            if until_step is not None and state.global_step >= until_step:
+                control.should_training_stop = True
             completions, rewards, executed = rec.pop()
             if not completions:
                 return
@@ -246,6 +271,8 @@ def run_grpo(
                     }
                 )
             )
+            if on_checkpoint is not None:
+                on_checkpoint(state.global_step, ckpt, history[-1] if history else None, mlflow_run_id)
             ref = store.put_bytes(zip_dir(ckpt), kind="rl-checkpoint")
             p = RLPointer(
                 run_name=config.run_name, step=state.global_step, checkpoint=ref, mlflow_run_id=mlflow_run_id
@@ -294,6 +321,7 @@ def run_grpo(
         processing_class=tokenizer,
         callbacks=[Progress()],
         peft_config=peft_config,
+        rollout_func=_replay_rollout(replay) if replay is not None else None,
     )
     trainer.train(resume_from_checkpoint=resume_dir)
     adapter_dir = work_dir / "adapter"
@@ -301,7 +329,7 @@ def run_grpo(
     if store is not None:
         ref = store.put_bytes(zip_dir(adapter_dir), kind="rl-adapter")
         log.info("RL run %s: final adapter %s", config.run_name, ref.uri)
-    if client:
+    if client and len(history) >= config.steps:
         client.set_terminated(mlflow_run_id)
     return RLResult(
         run_name=config.run_name,
