@@ -149,6 +149,8 @@ class EnvSpec(Strict):
     host_paths: list[str] = Field(default_factory=list)
     # advice for the ideator (what kind of ideas fit this env, what must not change), shown in its prompt
     ideator_guidance: str = ""
+    # what the hidden evaluator reads, rebuilds and checks (the implementer sees this, not the evaluator's code)
+    evaluator_interface: str = ""
     # protected files training never sees (held-out data shipped with the env, the script that draws the
     # validation set): removed from the training tree, present for prepare and evaluation only
     eval_only_files: list[str] = Field(default_factory=list)
@@ -278,6 +280,12 @@ class Usage(Strict):
     def __add__(self, other: Usage) -> Usage:
         counts = {k: getattr(self, k) + getattr(other, k) for k in USAGE_COUNTS}
         return Usage(**counts, cost_usd=self.cost_usd + other.cost_usd)
+
+    def metrics(self, prefix: str = "") -> dict[str, float]:
+        """Every count and the cost as floats (MLflow metrics: ``calls`` is named ``llm_calls``)."""
+        out = {f"{prefix}{'llm_calls' if k == 'calls' else k}": float(getattr(self, k)) for k in USAGE_COUNTS}
+        out[f"{prefix}cost_usd"] = self.cost_usd
+        return out
 
 
 # --------------------------------------------------------------------------- campaign config
@@ -463,7 +471,19 @@ class IdeateResult(Strict):
     transcript: ArtifactRef | None = None
 
 
+class SampleAttempt(Strict):
+    """One failed sample of an implement round: its reply (stored, by reference) and its own error."""
+
+    reply: ArtifactRef | None = None
+    error: str
+    category: FailureCategory | None = None
+
+
 class ImplementRequest(Strict):
+    """One implement round. A revision carries the previous round's failed samples (``previous_samples``,
+    each reply paired with its own error) or, for a failure found after the change applied (a preflight),
+    the applied diff and its error (``previous_diff``/``previous_error``)."""
+
     campaign: str
     env: str
     idea: Idea
@@ -472,11 +492,16 @@ class ImplementRequest(Strict):
     parallel_samples: int = 1
     previous_diff: ArtifactRef | None = None
     previous_error: str | None = None
+    previous_samples: list[SampleAttempt] = Field(default_factory=list)
     parent_diff: ArtifactRef | None = None
+    # what the campaign may still spend on LLM calls (None: no cap); a call whose worst case does not fit is
+    # refused before it starts and the round ends with category ``budget_exhausted``
+    budget_left_usd: float | None = None
 
 
 class Implementation(Strict):
-    """Result of one implement attempt: a diff that applies, or the reason it does not."""
+    """Result of one implement attempt: a diff that applies, or the reason it does not (``samples``: every
+    failed sample's reply and error, fed back on the next revision)."""
 
     diff: ArtifactRef | None = None
     applies: bool = False
@@ -485,6 +510,7 @@ class Implementation(Strict):
     touched_files: list[str] = Field(default_factory=list)
     usage: Usage = Field(default_factory=Usage)
     transcript: ArtifactRef | None = None
+    samples: list[SampleAttempt] = Field(default_factory=list)
 
 
 class PackageRequest(Strict):
@@ -543,6 +569,9 @@ class IdeaInput(Strict):
     max_revisions: int = 2
     parallel_samples: int = 1
     parent_diff: ArtifactRef | None = None
+    # the campaign's LLM budget left when the idea started (None: no cap); each implement round gets what
+    # is left of it after this idea's own earlier rounds
+    budget_left_usd: float | None = None
     reuse_code: ArtifactRef | None = None
     reuse_diff: ArtifactRef | None = None
     epoch_run_id: str | None = None
