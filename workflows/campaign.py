@@ -26,7 +26,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
-    from ideaforge.workflows.idea import CPU_RETRY, RECORD_RETRY, IdeaWorkflow
+    from ideaforge.workflows.idea import BUDGET_STOP, CPU_RETRY, RECORD_RETRY, IdeaWorkflow
     from ideaforge.workflows.selection import (
         CHILD_HISTORY,
         confirm_candidates,
@@ -399,6 +399,9 @@ class CampaignWorkflow:
                     max_revisions=cfg.max_revisions,
                     parallel_samples=cfg.parallel_samples,
                     parent_diff=parent.diff if parent else None,
+                    budget_left_usd=(
+                        None if cfg.budget_usd is None else max(0.0, cfg.budget_usd - st.usage.cost_usd)
+                    ),
                     reuse_code=source.code if source else None,
                     reuse_diff=source.diff if source else None,
                     epoch_run_id=epoch_run_id,
@@ -456,6 +459,9 @@ class CampaignWorkflow:
             return  # already absorbed (a signal and a watch, or a re-attach, can both report one idea)
         direction = self._spec.direction if self._spec else "min"
         st.usage = st.usage + done.usage
+        if s.category == "budget_exhausted" and not st.budget_exhausted and workflow.patched(BUDGET_STOP):
+            st.budget_exhausted = True  # an implementer call was refused: plan no more ideas
+            self._note(f"{s.idea_id}: LLM budget exhausted while implementing: no more ideas are planned")
         st.ideas_done += 1
         st.ideas_ok += s.status == "ok"
         if s.origin == "baseline":
@@ -529,6 +535,7 @@ class CampaignWorkflow:
                 "ideas_ok": float(t.ok),
                 "execution_rate": t.ok / t.done if t.done else 0.0,
             }
+            summary.update(st.usage.metrics("campaign_"))  # LLM usage of the whole campaign so far
             if t.best is not None:
                 summary["epoch_best_metric"] = t.best
             if overall is not None and overall.metric is not None:
