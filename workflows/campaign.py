@@ -244,10 +244,7 @@ class CampaignWorkflow:
         """Plan one batch (an epoch in sync mode), start its ideas; False when nothing could be planned."""
         st = self._state
         if self._budget_left(cfg) is False:
-            st.budget_exhausted = True
-            for t in st.epochs_open:
-                t.closed = True
-            self._note(f"budget of ${cfg.budget_usd} spent: no more ideas are planned")
+            self._budget_spent(f"budget of ${cfg.budget_usd} spent: no more ideas are planned")
             return False
         tally = await self._open_epoch(cfg, spec)
         size = self._epoch_size(cfg, tally.epoch)
@@ -369,6 +366,14 @@ class CampaignWorkflow:
             for i in res.ideas[: max(0, room)]
         ]
 
+    def _budget_spent(self, note: str) -> None:
+        """Plan no more ideas; the open epochs close once their ideas in flight are done."""
+        st = self._state
+        st.budget_exhausted = True
+        for t in st.epochs_open:
+            t.closed = True
+        self._note(note)
+
     def _budget_left(self, cfg: CampaignConfig) -> bool | None:
         if cfg.budget_usd is None:
             return None
@@ -460,8 +465,7 @@ class CampaignWorkflow:
         direction = self._spec.direction if self._spec else "min"
         st.usage = st.usage + done.usage
         if s.category == "budget_exhausted" and not st.budget_exhausted and workflow.patched(BUDGET_STOP):
-            st.budget_exhausted = True  # an implementer call was refused: plan no more ideas
-            self._note(f"{s.idea_id}: LLM budget exhausted while implementing: no more ideas are planned")
+            self._budget_spent(f"{s.idea_id}: LLM budget exhausted while implementing: no more ideas are planned")
         st.ideas_done += 1
         st.ideas_ok += s.status == "ok"
         if s.origin == "baseline":
