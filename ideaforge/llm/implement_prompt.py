@@ -50,8 +50,9 @@ def system_prompt(env: ResearchEnv) -> str:
     )
 
 
-def user_prompt(req: ImplementRequest, env: ResearchEnv, current: Path, parent_diff: str | None,
-                store: ObjectStore) -> str:
+def user_prompt(
+    req: ImplementRequest, env: ResearchEnv, current: Path, parent_diff: str | None, store: ObjectStore
+) -> str:
     """The per-idea part: the idea, the parent's diff, the changed editable files, the revision."""
     baseline = read_editable(env)
     changed = {rel: text for rel, text in read_editable(env, current).items() if text != baseline.get(rel)}
@@ -192,7 +193,9 @@ def revision_section(req: ImplementRequest, store: ObjectStore) -> str:
     one = len(samples) == 1
     return "\n" + render(
         "implement_revision",
-        heading="Your previous reply was not applied" if one else f"Your previous {len(samples)} replies were not applied",
+        heading=(
+            "Your previous reply was not applied" if one else f"Your previous {len(samples)} replies were not applied"
+        ),
         pairing="" if one else "Each reply is followed by its own error.",
         samples="\n\n".join(blocks),
     )

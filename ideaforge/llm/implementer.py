@@ -79,12 +79,15 @@ class LLMImplementer:
             system = system_prompt(env)
             user = user_prompt(req, env, current, parent, store)
             messages = [{"role": "user", "content": user}]
-            budget = Budget(None if req.budget_left_usd is None else max(0.0, req.budget_left_usd), whole_calls=True)
+            cap = None if req.budget_left_usd is None else max(0.0, req.budget_left_usd)
+            budget = Budget(cap, whole_calls=True)  # a call whose worst case does not fit is never sent
             k = max(1, req.parallel_samples)
             samples: list[_Sample] = []
             winner: _Sample | None = None
             llm_errors: list[LLMError] = []
-            tasks = [asyncio.create_task(self.client.complete(system, messages, budget=budget)) for _ in range(k)]
+            tasks = [
+                asyncio.create_task(self.client.complete(system, messages, budget=budget)) for _ in range(k)
+            ]
             try:
                 for fut in asyncio.as_completed(tasks):
                     try:
