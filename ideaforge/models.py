@@ -257,6 +257,7 @@ USAGE_COUNTS = (
     "cache_write_tokens",
     "reasoning_tokens",
     "cancelled_calls",
+    "cancelled_tokens",
     "truncated_calls",
 )
 
@@ -274,6 +275,7 @@ class Usage(Strict):
     cache_write_tokens: int = 0  # written to the cache (Anthropic bills them at 1.25x input)
     reasoning_tokens: int = 0  # thinking / reasoning tokens inside output_tokens
     cancelled_calls: int = 0
+    cancelled_tokens: int = 0  # estimated input + output tokens of the cancelled calls (inside the counts above)
     truncated_calls: int = 0  # replies cut by the token limit (finish_reason length / max_tokens)
     cost_usd: float = 0.0
 

@@ -255,6 +255,7 @@ def test_cost_of_parallel_samples_counts_the_cancelled_ones(server, env, store):
     user = user_prompt(req, env, env.baseline, None, store)
     estimated_in = (len(system_prompt(env)) + len(user)) // 4  # what a cancelled call's prompt is billed as
     assert u.input_tokens == 5000 + 2 * estimated_in
+    assert u.cancelled_tokens == u.input_tokens - 5000 + u.output_tokens - 100  # the estimated part, apart
     assert u.output_tokens >= 100  # plus what the cancelled calls generated meanwhile (estimated, 80 tokens/s)
     assert u.cost_usd == pytest.approx(
         cost_usd(p, u.input_tokens, u.output_tokens, u.cached_input_tokens, u.cache_write_tokens)

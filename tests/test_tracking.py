@@ -121,6 +121,7 @@ def _idea_req(
             cache_write_tokens=200,
             reasoning_tokens=120,
             cancelled_calls=1,
+            cancelled_tokens=400,
             truncated_calls=1,
             cost_usd=0.01,
         ),
@@ -234,7 +235,7 @@ def test_record_epoch_and_ideas_then_list(tracker: Tracker, store: LocalStore) -
     assert (m["train_s"], m["eval_s"], m["wall_s"], m["orchestration_s"]) == (10.0, 1.5, 12.0, 0.5)
     assert (m["input_tokens"], m["output_tokens"], m["cost_usd"], m["llm_calls"]) == (1000, 300, 0.01, 2)
     assert (m["cached_input_tokens"], m["cache_write_tokens"], m["reasoning_tokens"]) == (600, 200, 120)
-    assert (m["cancelled_calls"], m["truncated_calls"]) == (1, 1)
+    assert (m["cancelled_calls"], m["cancelled_tokens"], m["truncated_calls"]) == (1, 400, 1)
     assert _history(tracker, ok.run_id, "train_loss") == [(p.step, p.value) for p in CURVE]
     assert "metric" not in r_bad["metrics"] and r_bad["metrics"]["reward"] == -1.0
 
