@@ -21,7 +21,7 @@ from ideaforge.llm.implement_prompt import (
 )
 from ideaforge.llm.implementer import LLMImplementer
 from ideaforge.llm.pricing import cost_usd
-from ideaforge.models import Idea, ImplementRequest, ProviderConfig, Usage
+from ideaforge.models import Idea, ImplementRequest, ProviderConfig, SampleAttempt, Usage
 from ideaforge.names import idea_id
 from ideaforge.patch.apply import make_diff
 from ideaforge.store.artifacts import LocalStore
@@ -201,6 +201,16 @@ def test_revision_pairs_each_failed_sample_reply_with_its_own_error(server, env,
         assert block.index(reply) < block.index(error)  # the reply, then its own error
         other = next(s for s in first.samples if s is not sample)
         assert other.error not in block and store.get_text(other.reply) not in block
+
+
+def test_identical_failed_samples_are_shown_once(env, store):
+    reply = store.put_text("no diff at all", kind="reply")
+    same = SampleAttempt(reply=reply, error="no change found in the reply")
+    other = SampleAttempt(reply=store.put_text("still nothing", kind="reply"), error="no change found in the reply")
+    req = request(ProviderConfig(), revision=1, previous_samples=[same, same, other])
+    prompt = user_prompt(req, env, env.baseline, None, store)
+    assert prompt.count("no diff at all") == 1 and prompt.count("still nothing") == 1
+    assert "Your previous 2 replies were not applied" in prompt
 
 
 def test_revision_bounds_each_reply(server, env, store):

@@ -181,6 +181,10 @@ def revision_section(req: ImplementRequest, store: ObjectStore) -> str:
         samples = [SampleAttempt(reply=req.previous_diff, error=req.previous_error)]
     if not samples:
         return ""
+    distinct: dict[tuple[str | None, str], SampleAttempt] = {}  # the same reply with the same error: shown once
+    for s in samples:
+        distinct.setdefault((s.reply.sha256 if s.reply else None, s.error), s)
+    samples = list(distinct.values())
     per_reply = max(MIN_REPLY_CHARS, MAX_REVISION_CHARS // len(samples))
     blocks = []
     for i, s in enumerate(samples, 1):
