@@ -23,9 +23,9 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from ideaforge.config import Settings
-from ideaforge.models import Progress, RunRequest, RunResult
+from ideaforge.models import DeviceTime, Progress, RunRequest, RunResult
 from ideaforge.names import RUN_EXPERIMENT
-from ideaforge.run.devices import DevicePool
+from ideaforge.run.devices import DeviceClock, DevicePool
 from ideaforge.run.runner import ExperimentRunner, RunCancelled
 from ideaforge.run.sandbox import SandboxUnavailable
 from ideaforge.store.artifacts import ObjectStore
@@ -66,23 +66,36 @@ class ExperimentActivities:
 
     @activity.defn(name=RUN_EXPERIMENT)
     async def run_experiment(self, req: RunRequest) -> RunResult:
-        """Train and evaluate ``req.code`` on this worker; see the module docstring for what raises."""
+        """Train and evaluate ``req.code`` on this worker; see the module docstring for what raises.
+
+        Every heartbeat carries the device time of all attempts so far (``Progress.device_time``); the result
+        carries the total, and so does an error raised to Temporal (its details), so no attempt is lost."""
         info = activity.info()
         resume = resume_point(info.heartbeat_details)
         if resume is not None:
             log.info("%s attempt %d resumes from %s", req.idea_id, info.attempt, resume)
         latest = [resume or Progress()]
+        clock: DeviceClock | None = None
+
+        def stamped(p: Progress) -> Progress:
+            return p.model_copy(update={"device_time": clock.so_far()}) if clock else p
 
         def beat(p: Progress) -> None:
-            latest[0] = p
-            activity.heartbeat(p)
+            latest[0] = stamped(p)
+            activity.heartbeat(latest[0])
+
+        def last_beat() -> DeviceTime:
+            """Heartbeat the latest progress with the device time up to now; that device time."""
+            latest[0] = stamped(latest[0])
+            activity.heartbeat(latest[0])
+            return latest[0].device_time
 
         hb_timeout = info.heartbeat_timeout.total_seconds() if info.heartbeat_timeout else None
         every = min(self.heartbeat_every_s, hb_timeout / 3) if hb_timeout else self.heartbeat_every_s
 
         async def keep_beating() -> None:  # cancellation reaches an activity only through heartbeats
             while True:
-                activity.heartbeat(latest[0])
+                last_beat()
                 await asyncio.sleep(every)
 
         stop = threading.Event()
@@ -103,33 +116,45 @@ class ExperimentActivities:
         try:
             try:
                 resolved = self.runner.resolve(req)
+                before = resume.device_time if resume is not None else DeviceTime()
+                clock = DeviceClock(before, resolved.resources.device)
                 ids = await self.devices.acquire(resolved.resources.count)
+                clock.start(len(ids))
                 started = time.time()
                 result = await self.runner.run(
                     req, resolved=resolved, heartbeat=beat, resume=resume, cancel_event=stop, device_ids=ids
                 )
+                clock.stop()
                 queued = max(0.0, started - info.current_attempt_scheduled_time.timestamp())
                 return result.model_copy(
-                    update={"started_at": started, "finished_at": time.time(), "queued_s": queued}
+                    update={
+                        "started_at": started,
+                        "finished_at": time.time(),
+                        "queued_s": queued,
+                        "devices": len(ids),
+                        "device_time": clock.so_far(),
+                    }
                 )
             except SandboxUnavailable as e:  # an infrastructure fault of this worker: retried, never run unsandboxed
-                activity.heartbeat(latest[0])
-                raise ApplicationError(str(e), type="SandboxUnavailable") from e
+                raise ApplicationError(str(e), last_beat(), type="SandboxUnavailable") from e
             except (EnvError, ValueError, ValidationError) as e:
-                raise ApplicationError(str(e), type=type(e).__name__, non_retryable=True) from e
+                raise ApplicationError(str(e), last_beat(), type=type(e).__name__, non_retryable=True) from e
             except RunCancelled as e:
-                activity.heartbeat(latest[0])  # the retry resumes from this checkpoint
+                spent = last_beat()  # the retry resumes from this checkpoint, with this device time
                 if shutting_down.is_set():
                     raise ApplicationError(
                         f"worker shut down during {req.idea_id}; retry resumes from step {latest[0].checkpoint_step}",
+                        spent,
                         type="WorkerShutdown",
                     ) from e
                 raise asyncio.CancelledError() from e
-            except Exception:
-                activity.heartbeat(
-                    latest[0]
-                )  # infrastructure error: Temporal retries from the last checkpoint
+            except ApplicationError:
+                last_beat()
                 raise
+            except Exception as e:
+                # infrastructure error: Temporal retries from the last checkpoint; the same error type (retry
+                # policies match it), with the device time as details for a workflow whose retries run out
+                raise ApplicationError(str(e) or type(e).__name__, last_beat(), type=type(e).__name__) from e
         finally:
             for t in tasks:
                 t.cancel()

@@ -7,6 +7,7 @@ Large things (diffs over a few KB, logs, zips, checkpoints) travel as ``Artifact
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -77,6 +78,68 @@ class Resources(Strict):
     @property
     def task_queue(self) -> str:
         return training_queue(self.device, self.gpu_type)
+
+
+DeviceKind = Literal["cpu", "gpu"]
+
+
+class DeviceTime(Strict):
+    """Device time of experiments: devices held x wall seconds of training plus evaluation, summed over every
+    attempt (crashed, preempted and retried ones too; an attempt whose worker died counts up to its last
+    heartbeat). GPU experiments add to ``gpu_seconds``; CPU experiments add CPU slots held x seconds to
+    ``cpu_slot_seconds``. Sums per idea, epoch and campaign are all made with ``+`` / ``total``."""
+
+    gpu_seconds: float = Field(0.0, ge=0)
+    cpu_slot_seconds: float = Field(0.0, ge=0)
+    attempts: int = Field(0, ge=0)  # training attempts that held devices
+
+    @classmethod
+    def held(cls, kind: DeviceKind, devices: int, seconds: float, attempts: int = 1) -> DeviceTime:
+        """One attempt that held ``devices`` devices of ``kind`` for ``seconds`` of wall time."""
+        spent = max(0, devices) * max(0.0, seconds)
+        if kind == "gpu":
+            return cls(gpu_seconds=spent, attempts=attempts)
+        return cls(cpu_slot_seconds=spent, attempts=attempts)
+
+    @classmethod
+    def total(cls, items: Iterable[DeviceTime | None]) -> DeviceTime:
+        out = cls()
+        for item in items:
+            if item is not None:
+                out = out + item
+        return out
+
+    def __add__(self, other: DeviceTime) -> DeviceTime:
+        return DeviceTime(
+            gpu_seconds=self.gpu_seconds + other.gpu_seconds,
+            cpu_slot_seconds=self.cpu_slot_seconds + other.cpu_slot_seconds,
+            attempts=self.attempts + other.attempts,
+        )
+
+    @property
+    def gpu_hours(self) -> float:
+        return self.gpu_seconds / 3600
+
+    @property
+    def cpu_slot_hours(self) -> float:
+        return self.cpu_slot_seconds / 3600
+
+    def metrics(self, prefix: str = "") -> dict[str, float]:
+        """The figures under the names MLflow shows (``gpu_seconds``, ``cpu_slot_seconds``, ``train_attempts``)."""
+        return {
+            f"{prefix}gpu_seconds": self.gpu_seconds,
+            f"{prefix}cpu_slot_seconds": self.cpu_slot_seconds,
+            f"{prefix}train_attempts": float(self.attempts),
+        }
+
+    def text(self) -> str:
+        """``1.25 GPU-h, 0.02 CPU-slot-h (3 attempts)``: the kinds that were used, for humans."""
+        parts = []
+        if self.gpu_seconds or not self.cpu_slot_seconds:
+            parts.append(f"{self.gpu_hours:.3g} GPU-h")
+        if self.cpu_slot_seconds:
+            parts.append(f"{self.cpu_slot_hours:.3g} CPU-slot-h")
+        return ", ".join(parts) + f" ({self.attempts} training attempt{'s' if self.attempts != 1 else ''})"
 
 
 def training_queue(device: str, gpu_type: str | None = None) -> str:
@@ -325,6 +388,9 @@ class CampaignConfig(Strict):
     confirm_top_k: int = Field(0, ge=0, le=16)
     confirm_seeds: int = Field(2, ge=1, le=16)
     budget_usd: float | None = Field(None, gt=0)
+    # GPU-hours of training + evaluation (every attempt counted): once the finished ideas have used them, no
+    # new idea is planned (ideas in flight finish, so the total can pass it by up to their runs)
+    budget_gpu_hours: float | None = Field(None, gt=0)
     # scheduling: "steady" starts an idea the moment a training slot frees; "sync" is the paper's generations
     schedule: Schedule = "steady"
     slots: int | None = Field(None, ge=1, le=4096)  # training slots to keep busy (default: the worker's)
@@ -388,6 +454,7 @@ class IdeaSummary(Strict):
     code: ArtifactRef | None = None
     diff: ArtifactRef | None = None
     confirmed_metrics: list[float] = Field(default_factory=list)
+    device_time: DeviceTime = Field(default_factory=DeviceTime)  # training + eval, every attempt
 
     @classmethod
     def of(cls, idea: Idea, status: IdeaStatus, **result: Any) -> IdeaSummary:
@@ -420,6 +487,9 @@ class Progress(Strict):
     elapsed_s: float = 0.0
     checkpoint: ArtifactRef | None = None
     checkpoint_step: int | None = None
+    # device time of every attempt of this experiment so far, this one up to this heartbeat: a retry starts
+    # from it, so an attempt whose worker died is counted up to its last heartbeat
+    device_time: DeviceTime = Field(default_factory=DeviceTime)
 
 
 # --------------------------------------------------------------------------- activity payloads
@@ -559,6 +629,8 @@ class RunResult(Strict):
     started_at: float = 0.0  # unix time the activity attempt began (orchestration benchmarks)
     finished_at: float = 0.0
     queued_s: float = 0.0  # time the attempt waited in the task queue for a free training slot
+    devices: int = 0  # devices (GPUs, or CPU slots) this attempt held
+    device_time: DeviceTime = Field(default_factory=DeviceTime)  # every attempt, this one included
 
 
 class IdeaInput(Strict):
@@ -670,6 +742,7 @@ class EpochTally(Strict):
     ok: int = 0
     closed: bool = False  # no more ideas will be planned for it
     best: float | None = None
+    device_time: DeviceTime = Field(default_factory=DeviceTime)  # of its finished ideas
 
 
 class CampaignState(Strict):
@@ -695,6 +768,8 @@ class CampaignState(Strict):
     pending_human_ideas: list[str] = Field(default_factory=list)
     paused: bool = False
     budget_exhausted: bool = False
+    stopped_reason: str | None = None  # why no more ideas are planned (a budget), None while planning goes on
+    device_time: DeviceTime = Field(default_factory=DeviceTime)  # of every finished idea (confirm runs too)
     epoch_bests: list[float | None] = Field(default_factory=list)
     slots: int | None = None
     n_planned: int = 0
@@ -734,6 +809,10 @@ class CampaignStatus(Strict):
     ideas_planned: int = 0
     in_flight: list[str] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
+    device_time: DeviceTime = Field(default_factory=DeviceTime)  # of the finished ideas
+    budget_gpu_hours: float | None = None
+    budget_usd: float | None = None
+    stopped_reason: str | None = None
 
 
 class CampaignResult(Strict):
@@ -749,3 +828,4 @@ class CampaignResult(Strict):
     stopped_reason: str = "completed"
     ideas_done: int = 0
     archive_ref: ArtifactRef | None = None
+    device_time: DeviceTime = Field(default_factory=DeviceTime)

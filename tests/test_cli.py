@@ -7,6 +7,7 @@ state (worker or Temporal down) or a stack service down, 4 no such campaign.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -18,7 +19,14 @@ from ideaforge.cli import campaigns, display
 from ideaforge.cli.commands import first_sentence
 from ideaforge.cli.progress import IdeaProgress, eta
 from ideaforge.config import Settings
-from ideaforge.models import CampaignConfig, CampaignInput, CampaignState, IdeaSummary
+from ideaforge.models import (
+    CampaignConfig,
+    CampaignInput,
+    CampaignState,
+    CampaignStatus,
+    DeviceTime,
+    IdeaSummary,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,15 +54,20 @@ def save_state(settings: Settings, name: str, epochs_done: int = 1) -> CampaignI
 
     archive = [
         IdeaSummary(idea_id=f"campaign-{name}/e000/i00", epoch=0, title="baseline", text="b", origin="baseline",
-                    status="ok", metric=0.5),
+                    status="ok", metric=0.5, device_time=DeviceTime.held("cpu", 1, 90.0)),
         IdeaSummary(idea_id=f"campaign-{name}/e000/i01", epoch=0, title="smaller lr", text="lr", origin="explore",
-                    status="ok", metric=0.25),
+                    status="ok", metric=0.25, device_time=DeviceTime.held("cpu", 1, 90.0)),
         IdeaSummary(idea_id=f"campaign-{name}/e000/i02", epoch=0, title="crash", text="c", origin="explore",
                     status="failed", category="crashed"),
     ]  # fmt: skip
     inp = CampaignInput(
         config=CampaignConfig(name=name, env="toy_quad", epochs=3, ideas_per_epoch=2),
-        state=CampaignState(next_epoch=epochs_done, archive=archive, baseline_metric=0.5),
+        state=CampaignState(
+            next_epoch=epochs_done,
+            archive=archive,
+            baseline_metric=0.5,
+            device_time=DeviceTime.total(s.device_time for s in archive),
+        ),
     )
     open_store(settings).put_named(state_key(name), inp.model_dump_json().encode())
     return inp
@@ -81,6 +94,7 @@ def test_status_with_temporal_down_answers_from_saved_state(settings: Settings) 
     assert p.returncode == 3, p.stderr
     assert "cannot reach Temporal" in p.stderr and "ideaforge up" in p.stderr
     assert "1/3 epochs saved" in p.stdout and "smaller lr" in p.stdout
+    assert "compute: 0.05 CPU-slot-h (2 training attempts)" in p.stdout, p.stdout
     print(f"\nstatus with Temporal down: {took:.2f}s including interpreter start")
 
 
@@ -112,6 +126,8 @@ def test_leaderboard_with_temporal_down_shows_the_saved_leaderboard(settings: Se
         (("--env", "toy_quad", "--ideator", "anthropic"), 2, "ANTHROPIC_API_KEY"),
         (("--env", "toy_quad", "--epochs", "0"), 1, "epochs"),
         (("--env", "toy_quad", "--strategy", "magic"), 1, "search.strategy"),
+        (("--env", "toy_quad", "--budget-gpu-hours", "0"), 1, "budget_gpu_hours"),
+        (("--env", "toy_quad", "--budget-gpu-hours", "2"), 2, "preflight (budget)"),
         (("--config", "/no/such.toml"), 1, "config file not found"),
     ],
 )
@@ -213,6 +229,21 @@ def test_best_so_far_counts_ideas_as_soon_as_they_finish() -> None:
     assert display.best_of(view, only_base, "min") == (None, "-")  # the baseline is not an idea
 
 
+def test_compute_shows_gpu_hours_against_the_budget_and_why_planning_stopped() -> None:
+    live = CampaignStatus(
+        name="c", env="e", phase="p", epoch=1, epochs=3, paused=False, ideas_done=3, ideas_ok=3, ideas_failed=0,
+        ideas_running=1, best_metric=None, best_idea=None, baseline_metric=None,
+        device_time=DeviceTime(gpu_seconds=3 * 3600.0, attempts=4), budget_gpu_hours=2.0,
+        stopped_reason="gpu_budget_exhausted",
+    )  # fmt: skip
+    view = campaigns.CampaignView(name="c", state="running", live=live, worker_answered=True)
+    text = display.compute_text(view)
+    assert text == "3 GPU-h (4 training attempts); GPU budget 2 h (150% used); stopped: gpu budget exhausted"
+    assert f"compute {text}" in display.header_line(view, [], "min")
+    empty = campaigns.CampaignView(name="c", state="running")
+    assert display.compute_text(empty) == "-"
+
+
 def test_plain_output_prints_changes_only_and_flushes(tmp_path: Path) -> None:
     class Out:
         def __init__(self) -> None:
@@ -302,6 +333,9 @@ def test_name_lifecycle_finished_delete_restart(served_settings: Settings, tempo
             p = await asyncio.to_thread(cli, "start", *args)
             assert p.returncode == 0, p.stderr
             assert "completed: 1 epochs" in p.stdout and "leaderboard" in p.stdout
+            # the device time of the real runs (baseline + 1 idea, one attempt each, on CPU slots)
+            m = re.search(r"compute: ([\d.e-]+) CPU-slot-h \(2 training attempts\)", p.stdout)
+            assert m and float(m.group(1)) > 0, p.stdout
             assert "[" in p.stdout and "done, metric" in p.stdout  # piped: plain progress lines
             again = await asyncio.to_thread(cli, "start", *args)
             assert again.returncode == 0 and "already finished" in again.stdout
@@ -349,3 +383,16 @@ def test_preflight_sandbox_check_uses_the_runner_sandbox(monkeypatch) -> None:
     monkeypatch.setattr(sandbox, "check_sandbox", broken)
     (finding,) = preflight.check_sandbox(True)
     assert "bwrap not found" in finding.problem and "install.sh" in finding.fix
+
+
+def test_worker_silence_is_shown_only_after_the_grace_period() -> None:
+    silent = campaigns.CampaignView(name="c", state="running", worker_silent=True)
+    answered = campaigns.CampaignView(name="c", state="running", worker_answered=True)
+    grace = display.SilenceGrace(20.0)
+    assert "not answering" not in display.header_line(grace.apply(silent, 100.0), [], "min")  # one miss
+    assert "not answering" not in display.header_line(grace.apply(silent, 119.0), [], "min")
+    assert "not answering" in display.header_line(grace.apply(silent, 120.5), [], "min")  # 20 s silent
+    assert grace.apply(answered, 121.0) is answered  # an answer resets the clock
+    assert "not answering" not in display.header_line(grace.apply(silent, 122.0), [], "min")
+    closed = campaigns.CampaignView(name="c", state="completed")
+    assert "not answering" not in display.header_line(closed, [], "min")

@@ -187,3 +187,49 @@ def test_temporal_init_registers_our_search_attributes(tmp_path: Path) -> None:
     m = re.search(r"for sa in ([^;]+); do", script)
     assert m, script
     assert m.group(1).split() == [search_attribute_flag(k) for k in SEARCH_ATTRIBUTES]
+
+
+def _pins(lines: list[str]) -> dict[str, str]:
+    """``name==version`` requirement lines -> {name: version} (extras and comments dropped)."""
+    out = {}
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            out[name.split("[", 1)[0].strip()] = version.strip()
+    return out
+
+
+def test_gpu_image_pins_the_cuda_stack_and_the_cpu_image_never_gets_cuda(tmp_path: Path) -> None:
+    services = _rendered(tmp_path)["services"]
+    extra = _pins(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"])
+    requirements = _pins((REPO / "ops" / "requirements-gpu.txt").read_text().splitlines())
+    assert extra == requirements, "the `gpu` extra and ops/requirements-gpu.txt are one GPU stack"
+    args = services["gpu-worker"]["build"]["args"]
+    assert args["EXTRAS"] == "gpu" and args["TORCH_VERSION"] == requirements["torch"]
+    # vllm's wheels are built against PyPI's Linux torch wheel (the CUDA build), not a download.pytorch.org one
+    assert args["TORCH_INDEX"] == "https://pypi.org/simple"
+    dockerfile = (REPO / "ops" / "Dockerfile").read_text()
+    defaults = dict(re.findall(r"^ARG (\w+)=(.*)$", dockerfile, re.M))
+    cpu_pin = re.search(r'"torch==([\d.]+)"', (REPO / "ops" / "install.sh").read_text())
+    assert cpu_pin and defaults["TORCH_VERSION"] == cpu_pin.group(1), "the CPU image has the CPU host's torch"
+    assert defaults["TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu" and defaults["EXTRAS"] == '""'
+    assert "pip install -c /etc/torch-constraint.txt" in dockerfile, "torch is held while the rest installs"
+    assert "torch.version.cuda" in dockerfile, "the build checks it got the kind of torch EXTRAS asks for"
+    for name in ("mlflow", "orchestrator", "cpu-worker"):  # CPU images: the Dockerfile's CPU defaults
+        assert not services[name]["build"].get("args"), name
+
+
+def test_mlflow_artifacts_go_where_the_embedded_stack_puts_them(tmp_path: Path) -> None:
+    from ideaforge.cli.stack import mlflow_artifacts_destination
+    from ideaforge.config import Settings
+
+    services = _rendered(tmp_path, IDEAFORGE_BUCKET="bkt")["services"]
+    mlflow = services["mlflow"]
+    uri = mlflow["environment"]["IDEAFORGE_ARTIFACT_URI"]
+    assert uri == services["orchestrator"]["environment"]["IDEAFORGE_ARTIFACT_URI"] == "s3://bkt/ideaforge"
+    script = " ".join(mlflow["command"])
+    m = re.search(r'--artifacts-destination "\$\$?IDEAFORGE_ARTIFACT_URI(/[^"]*)"', script)
+    assert m, script
+    embedded = mlflow_artifacts_destination(Settings(home=tmp_path, artifact_uri=uri, s3_endpoint="minio:9000"))
+    assert uri + m.group(1) == embedded == "s3://bkt/ideaforge/mlflow"

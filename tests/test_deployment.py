@@ -45,6 +45,7 @@ from ideaforge.config import Settings
 from ideaforge.models import (
     CampaignConfig,
     CampaignResult,
+    DeviceTime,
     Idea,
     IdeaInput,
     IdeaOutcome,
@@ -276,7 +277,8 @@ def _check_recorded(d: Deployment, campaign: str, summaries: list[IdeaSummary]) 
     s3_endpoint = d.envs["orchestrator"]["IDEAFORGE_S3_ENDPOINT"]
     store = open_store(Settings(home=d.root, artifact_uri=f"s3://{d.bucket}/ideaforge", s3_endpoint=s3_endpoint))
     s3 = Minio(s3_endpoint, os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"], secure=False)
-    in_bucket = [o.object_name for o in s3.list_objects(d.bucket, prefix="mlflow/", recursive=True)]
+    # MLflow's artifacts live under <IDEAFORGE_ARTIFACT_URI>/mlflow, as in the embedded stack
+    in_bucket = [o.object_name for o in s3.list_objects(d.bucket, prefix="ideaforge/mlflow/", recursive=True)]
     by_id = {r.data.tags["ideaforge.idea_id"]: r for r in runs}
     for s in summaries:
         run = by_id[s.idea_id]
@@ -320,7 +322,7 @@ def test_campaign_then_a_training_host_kill_on_the_deployment(deployment: Deploy
         assert what == "started"
         return await asyncio.wait_for(handle.result(), 600), time.monotonic() - t0
 
-    async def host_kill(inp: IdeaInput) -> tuple[IdeaOutcome, str, str, float, float]:
+    async def host_kill(inp: IdeaInput) -> tuple[IdeaOutcome, str, str, float, float, DeviceTime]:
         await client.start_workflow(IdeaWorkflow.run, inp, id=inp.idea.idea_id, task_queue=names.ORCHESTRATOR_QUEUE)
         wf_id, pa, progress = await _training_idea(client, inp.campaign, min_step=10)
         # the checkpoint the other host will resume from is an object in the bucket, not a local file
@@ -343,7 +345,7 @@ def test_campaign_then_a_training_host_kill_on_the_deployment(deployment: Deploy
         outcome = await asyncio.wait_for(
             client.get_workflow_handle(wf_id, result_type=IdeaOutcome).result(), 300
         )
-        return outcome, victim, survivor, resumed_s, time.monotonic() - killed
+        return outcome, victim, survivor, resumed_s, time.monotonic() - killed, progress.device_time
 
     # 1. a campaign runs to the end on the deployment
     result, campaign_s = asyncio.run(campaign())
@@ -371,10 +373,17 @@ def test_campaign_then_a_training_host_kill_on_the_deployment(deployment: Deploy
 
     # 2. a training host is kill -9ed mid-run; the experiment resumes on the other host from the S3 checkpoint
     inp = _baseline_input(f"{name}-kill")
-    outcome, victim, survivor, resumed_s, done_s = asyncio.run(host_kill(inp))
+    outcome, victim, survivor, resumed_s, done_s, seen = asyncio.run(host_kill(inp))
     assert outcome.summary.status == "ok", outcome.error
     assert outcome.run is not None and outcome.run.resumed_from_step is not None
     assert outcome.run.resumed_from_step >= 10
+    # device time: the killed attempt counts up to its last heartbeat (at least what we saw before the kill),
+    # the attempt on the survivor on top of it
+    spent = outcome.run.device_time
+    assert seen.attempts >= 1 and seen.cpu_slot_seconds > 0, seen
+    assert spent.attempts >= seen.attempts + 1 and outcome.summary.device_time == spent
+    last = outcome.run.finished_at - outcome.run.started_at
+    assert spent.cpu_slot_seconds >= seen.cpu_slot_seconds + last - 0.5, (spent, seen, last)
     _check_recorded(d, inp.campaign, [outcome.summary])
     # the hosts shared nothing: each prepared its own data cache and trained in its own work dir
     for host in HOSTS:
@@ -385,7 +394,9 @@ def test_campaign_then_a_training_host_kill_on_the_deployment(deployment: Deploy
         f"\ndeployment: services up in {d.started_s:.1f}s; campaign of {len(archive)} ideas"
         f" ({n_runs} MLflow idea runs) in {campaign_s:.1f}s;"
         f" kill -9 {victim} mid-run: attempt restarted on {survivor} {resumed_s:.1f}s after the kill,"
-        f" idea finished {done_s:.1f}s after the kill (resumed from step {outcome.run.resumed_from_step})"
+        f" idea finished {done_s:.1f}s after the kill (resumed from step {outcome.run.resumed_from_step});"
+        f" device time {spent.cpu_slot_seconds:.1f} slot-s over {spent.attempts} attempts"
+        f" ({seen.cpu_slot_seconds:.1f} slot-s heartbeated by the killed attempt when we looked)"
     )
 
 

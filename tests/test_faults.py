@@ -110,6 +110,7 @@ def test_kill9_training_worker_resumes_from_checkpoint_on_a_new_worker(
     assert outcome.summary.status == "ok", outcome.error
     assert outcome.run.resumed_from_step is not None and outcome.run.resumed_from_step >= 10
     assert _idea_run_count(served_settings.mlflow_uri, campaign) == 1
+    _both_attempts_counted(outcome)
 
 
 def test_sigterm_hands_running_experiment_back_and_it_resumes(
@@ -127,6 +128,14 @@ def test_sigterm_hands_running_experiment_back_and_it_resumes(
     assert orphans == []
     assert outcome.summary.status == "ok", outcome.error
     assert outcome.run.resumed_from_step is not None and outcome.run.resumed_from_step >= 10
+    _both_attempts_counted(outcome)
+
+
+def _both_attempts_counted(outcome: IdeaOutcome) -> None:
+    """The interrupted attempt's slot-seconds (up to its last heartbeat) are summed with the second one's."""
+    spent, run = outcome.summary.device_time, outcome.run
+    assert spent == run.device_time and spent.attempts == 2 and spent.gpu_seconds == 0, spent
+    assert spent.cpu_slot_seconds > run.finished_at - run.started_at + 1.0, (spent, run.finished_at - run.started_at)
 
 
 def test_campaign_survives_a_temporal_server_kill_and_restart(

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from ideaforge.models import CampaignState, EnvSpec, IdeaSummary
+from ideaforge.models import CampaignState, DeviceTime, EnvSpec, IdeaSummary
 from ideaforge.names import idea_id
 from ideaforge.report.reporting import lineage, log_report_to_mlflow, short_id, write_report
 from ideaforge.store.artifacts import LocalStore
@@ -54,12 +54,13 @@ def _state() -> CampaignState:
     archive = [
         _s(0, 0, 2.0, origin="baseline"),
         _s(1, 0, 1.9),
-        _s(1, 1, None, category="crashed"),
+        _s(1, 1, None, category="crashed", device_time=DeviceTime.held("gpu", 2, 900.0)),  # failed: counts
         _s(1, 2, 1.95),
-        _s(2, 0, 1.8, origin="exploit", parents=[(1, 0)], confirmed_metrics=[1.82, 1.78]),
+        _s(2, 0, 1.8, origin="exploit", parents=[(1, 0)], confirmed_metrics=[1.82, 1.78],
+           device_time=DeviceTime.held("gpu", 1, 3600.0)),
         _s(2, 1, 1.85, origin="exploit", parents=[(1, 2), (1, 0)]),
         _s(2, 2, None, origin="exploit", parents=[(2, 0)], category="timeout"),  # parent from its own epoch
-        _s(2, 3, 1.81, origin="confirm", parents=[(2, 0)]),
+        _s(2, 3, 1.81, origin="confirm", parents=[(2, 0)], device_time=DeviceTime.held("gpu", 1, 1800.0)),
     ]
     return CampaignState(next_epoch=3, archive=archive, baseline_metric=2.0)
 
@@ -114,8 +115,14 @@ def test_report_min_direction(tmp_path: Path) -> None:
     md = rep.markdown.read_text()
     assert "1.8 ± 0.02 (n=3)" in md and "e002/i01 <- e001/i02+e001/i00 <- baseline" in md
     assert "![best_so_far](best_so_far.png)" in md and "## Failed ideas" in md
+    # device time: every attempt of every idea (failed ones and confirmation re-runs too), per epoch and in all
+    assert [s.device_time.gpu_seconds for s in rep.epochs] == [0.0, 1800.0, 5400.0]
+    assert rep.device_time == DeviceTime(gpu_seconds=7200.0, attempts=3)
+    assert "- device time (training + evaluation, every attempt): 2 GPU-h (3 training attempts)" in md
+    assert "| 2 | 3/4 | 1.8 | 1.8 | 1.5 | 0 | 2 |" in md
     with rep.csv.open() as f:
         rows = list(csv.DictReader(f))
+    assert {r["short_id"]: float(r["gpu_seconds"]) for r in rows}["e001/i01"] == 1800.0
     assert [r["short_id"] for r in rows] == [r.short_id for r in rep.leaderboard]
     assert rows[0]["rank"] == "1" and rows[-1]["rank"] == "" and rows[-1]["category"] == "timeout"
 
@@ -151,6 +158,7 @@ def test_report_logged_to_mlflow_once(mlflow_server: str, tmp_path: Path) -> Non
     (row,) = campaign_runs(tracker.client, campaign, kind="report")
     assert row["run_id"] == first and row["key"] == report_key(campaign) and row["status"] == "FINISHED"
     assert row["metrics"]["best_score"] == pytest.approx(1.8) and row["metrics"]["ideas_total"] == 8
+    assert row["metrics"]["campaign_gpu_seconds"] == 7200.0 and row["metrics"]["campaign_train_attempts"] == 3
     names = sorted(a.path for a in tracker.client.list_artifacts(first))
     assert names == sorted(p.name for p in rep.files)
     assert len(tracker.client.get_metric_history(first, "best_score")) == 1

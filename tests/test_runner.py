@@ -22,11 +22,11 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from ideaforge.config import Settings
-from ideaforge.models import ArtifactRef, CurvePoint, Progress, RunRequest, RunResult
+from ideaforge.models import ArtifactRef, CurvePoint, DeviceTime, Progress, RunRequest, RunResult
 from ideaforge.names import RUN_EXPERIMENT
 from ideaforge.patch.package import pack_tree
 from ideaforge.run.codetree import restore_protected
-from ideaforge.run.devices import DevicePool, cpu_slots, parse_gpu_list
+from ideaforge.run.devices import DeviceClock, DevicePool, cpu_slots, parse_gpu_list
 from ideaforge.run.runner import ExperimentRunner, RunCancelled, downsample
 from ideaforge.store.artifacts import LocalStore
 
@@ -574,6 +574,63 @@ def test_activity_worker_shutdown_hands_back_with_checkpoint(rig):
     assert acts.devices.free == [0]
 
 
+def test_device_clock_counts_devices_times_wall_time_on_top_of_earlier_attempts():
+    now = [100.0]
+    before = DeviceTime(gpu_seconds=30.0, attempts=1)
+    clock = DeviceClock(before, "gpu", clock=lambda: now[0])
+    assert clock.so_far() == before, "nothing counts while waiting for devices"
+    clock.start(4)
+    now[0] = 110.0
+    assert clock.so_far() == DeviceTime(gpu_seconds=30.0 + 4 * 10.0, attempts=2)
+    clock.stop()
+    now[0] = 500.0
+    assert clock.so_far().gpu_seconds == 70.0, "devices given back: the figure stops"
+    cpu = DeviceClock(DeviceTime(), "cpu", clock=lambda: now[0])
+    cpu.start(2)
+    now[0] = 503.0
+    assert cpu.so_far() == DeviceTime(cpu_slot_seconds=6.0, attempts=1)
+
+
+def test_device_time_of_a_stopped_attempt_and_its_retry_is_summed(rig):
+    """Attempt 1 is stopped by a worker shutdown after its first checkpoint; its error and every heartbeat carry
+    its slot-seconds so far. Attempt 2 resumes from the last heartbeat: its result counts both attempts."""
+    acts = _activity(rig)
+    code = rig.code()
+    req = RunRequest(campaign="t", idea_id="i", env="toy_quad", code=code, profile="slow")
+
+    async def first() -> tuple[ApplicationError, list[Progress], float]:
+        env = ActivityEnvironment()
+        beats: list[Progress] = []
+
+        def on_beat(*d) -> None:
+            beats.append(d[0])
+            if d[0].checkpoint:
+                asyncio.get_running_loop().call_soon(env.worker_shutdown)
+
+        env.on_heartbeat = on_beat
+        t = time.monotonic()
+        with pytest.raises(ApplicationError) as exc:
+            await env.run(acts.run_experiment, req)
+        return exc.value, beats, time.monotonic() - t
+
+    err, beats, wall1 = asyncio.run(first())
+    (spent1,) = err.details
+    assert err.type == "WorkerShutdown" and spent1.attempts == 1 and spent1.gpu_seconds == 0
+    assert 0 < spent1.cpu_slot_seconds <= wall1
+    seconds = [b.device_time.cpu_slot_seconds for b in beats]
+    assert seconds == sorted(seconds) and beats[-1].device_time == spent1, "each heartbeat carries the time so far"
+
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, attempt=2, heartbeat_details=[beats[-1].model_dump(mode="json")])
+    t = time.monotonic()
+    res = asyncio.run(env.run(acts.run_experiment, req))
+    wall2 = time.monotonic() - t
+    assert res.status == "ok" and res.resumed_from_step == 5 and res.devices == 1
+    assert res.device_time.attempts == 2 and res.device_time.gpu_seconds == 0
+    second = res.device_time.cpu_slot_seconds - spent1.cpu_slot_seconds
+    assert 0 < second <= wall2 and second >= res.finished_at - res.started_at - 0.5
+
+
 def test_activity_bad_request_is_non_retryable(rig):
     env = ActivityEnvironment()
     req = RunRequest(campaign="t", idea_id="i", env="toy_quad", code=rig.code(), profile="nope")
@@ -656,6 +713,9 @@ def test_retry_resumes_from_checkpoint_through_temporal(tmp_path, temporal_env):
     res = asyncio.run(main())
     assert res.status == "ok" and res.resumed_from_step == 5
     assert res.curve[0].step == 6
+    # the failed attempt's slot-seconds came back through the server's heartbeat details and are summed
+    assert res.device_time.attempts == 2
+    assert res.device_time.cpu_slot_seconds > res.finished_at - res.started_at
 
 
 @pytest.mark.slow

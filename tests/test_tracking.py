@@ -16,6 +16,7 @@ from ideaforge.config import Settings
 from ideaforge.models import (
     ArtifactRef,
     CurvePoint,
+    DeviceTime,
     Idea,
     IdeaOutcome,
     IdeaSummary,
@@ -90,6 +91,8 @@ def _idea_req(
             eval_s=1.5,
             started_at=RUN_START,
             finished_at=RUN_START + 180.0,
+            devices=2,
+            device_time=DeviceTime.held("gpu", 2, 200.0, attempts=2),
         )
         if ok
         else RunResult(
@@ -108,6 +111,7 @@ def _idea_req(
         metric=run.metric,
         reward=0.25 if ok else -1.0,
         diff=diff if diff is not None else store.put_text(DIFF, "diff"),
+        device_time=run.device_time,
     )
     outcome = IdeaOutcome(
         summary=summary,
@@ -238,6 +242,7 @@ def test_record_epoch_and_ideas_then_list(tracker: Tracker, store: LocalStore) -
     assert (m["cancelled_calls"], m["cancelled_tokens"], m["truncated_calls"]) == (1, 400, 1)
     assert _history(tracker, ok.run_id, "train_loss") == [(p.step, p.value) for p in CURVE]
     assert "metric" not in r_bad["metrics"] and r_bad["metrics"]["reward"] == -1.0
+    assert (m["gpu_seconds"], m["cpu_slot_seconds"], m["train_attempts"], m["devices"]) == (400.0, 0.0, 2.0, 2.0)
 
     (epoch_row,) = campaign_runs(tracker.client, c, kind="epoch")
     assert epoch_row["run_name"] == "epoch-001" and epoch_row["status"] == "FINISHED"

@@ -24,6 +24,7 @@ from ideaforge.workflows.idea import IdeaWorkflow
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -33,6 +34,7 @@ from ideaforge.models import (
     ArtifactRef,
     CampaignConfig,
     CampaignInput,
+    DeviceTime,
     EnvSpec,
     Idea,
     IdeateRequest,
@@ -46,6 +48,7 @@ from ideaforge.models import (
     RecordEpochRequest,
     RecordIdeaRequest,
     RecordResult,
+    Resources,
     RunRequest,
     RunResult,
     Usage,
@@ -84,6 +87,8 @@ class Stubs:
     running: int = 0
     max_running: int = 0
     counter: int = 0
+    gpu_s_per_run: float = 0.0  # device time each training run reports (as one GPU held that long)
+    broken_titles: set[str] = field(default_factory=set)  # training fails for good, reporting its device time
 
     def activities(self, real: CampaignActivities) -> list:
         @activity.defn(name=names.DESCRIBE_ENV)
@@ -144,6 +149,9 @@ class Stubs:
         @activity.defn(name=names.RUN_EXPERIMENT)
         async def run_experiment(req: RunRequest) -> RunResult:
             changes, title = req.code.uri.removeprefix("stub://").split("/", 1)
+            if title in self.broken_titles:  # as run_experiment raises: the device time spent in the details
+                spent = DeviceTime.held("gpu", 2, 900.0, attempts=4)
+                raise ApplicationError("sandbox broke on every host", spent, type="SandboxUnavailable", non_retryable=True)
             self.running += 1
             self.max_running = max(self.max_running, self.running)
             start = time.monotonic()
@@ -154,7 +162,10 @@ class Stubs:
             self.runs[req.idea_id] = (start, time.monotonic())
             self.trained.append(req.idea_id)
             number = int(title.split()[-1]) if title.split()[-1].isdigit() else 0
-            return RunResult(status="ok", metric=1.0 - 0.01 * int(changes) - 0.0001 * number)
+            spent = DeviceTime.held("gpu", 1, self.gpu_s_per_run) if self.gpu_s_per_run else DeviceTime()
+            return RunResult(
+                status="ok", metric=1.0 - 0.01 * int(changes) - 0.0001 * number, device_time=spent, devices=1
+            )
 
         @activity.defn(name=names.RECORD_IDEA)
         async def record_idea(req: RecordIdeaRequest) -> RecordResult:
@@ -362,6 +373,39 @@ def test_budget_cap_stops_planning_and_finishes_what_runs(env, stubs, tmp_path) 
     assert result.stopped_reason == "budget_exhausted"
     assert len(stubs.ideate_calls) == 2 and result.usage.cost_usd == 2.0
     assert result.ideas_done == len(stubs.runs) == 1 + stubs.counter, "ideas already planned still run"
+
+
+def test_gpu_budget_stops_new_training_and_finishes_what_runs(env, stubs, tmp_path) -> None:
+    stubs.spec = stubs.spec.model_copy(update={"resources": Resources(device="gpu", gpu_type="h100")})
+    stubs.gpu_s_per_run = 1800.0  # half a GPU-hour per idea
+    cfg = config(epochs=5, ideas_per_epoch=4, budget_gpu_hours=1.0, ideate_batch=1, slots=2, ahead=1)
+    result, store, _ = asyncio.run(run_campaign(env.client, stubs, tmp_path, cfg))
+    assert result.stopped_reason == "gpu_budget_exhausted"
+    assert result.ideas_done == len(stubs.runs), "ideas already planned still train and finish"
+    # planning stops once 2 finished ideas used the budget: at the last planning at most 1 had finished and
+    # at most slots + ahead = 3 were in flight (without the budget, 1 + 5 x 4 = 21 ideas would run)
+    assert 2 <= result.ideas_done <= 4
+    assert result.device_time == DeviceTime(gpu_seconds=1800.0 * result.ideas_done, attempts=result.ideas_done)
+    assert all(r.outcome.summary.device_time.gpu_seconds == 1800.0 for r in stubs.idea_records)
+    closes = [r.summary for r in stubs.epoch_records if r.summary is not None]
+    assert sum(c["gpu_seconds"] for c in closes) == result.device_time.gpu_seconds, "epochs add up"
+    assert closes[-1]["campaign_gpu_seconds"] == result.device_time.gpu_seconds
+    saved = load_saved_state(store, cfg.name)
+    assert saved is not None and saved.state.stopped_reason == "gpu_budget_exhausted"
+    assert any("GPU budget of 1 h spent" in n for n in saved.state.notes), saved.state.notes
+    assert {s.idea_id: s.device_time.gpu_seconds for s in saved.state.archive} == dict.fromkeys(stubs.runs, 1800.0)
+
+
+def test_device_time_of_a_training_that_failed_for_good_is_counted(env, stubs, tmp_path) -> None:
+    stubs.gpu_s_per_run = 60.0
+    stubs.broken_titles = {"idea 1"}
+    cfg = config(epochs=1, ideas_per_epoch=2, run_baseline=False)
+    result, store, _ = asyncio.run(run_campaign(env.client, stubs, tmp_path, cfg))
+    by_title = {s.title: s for s in load_archive(store, result.archive_ref)}
+    assert by_title["idea 1"].status == "failed" and by_title["idea 1"].category == "crashed"
+    assert by_title["idea 1"].device_time == DeviceTime(gpu_seconds=1800.0, attempts=4)
+    assert by_title["idea 2"].device_time == DeviceTime(gpu_seconds=60.0, attempts=1)
+    assert result.device_time == DeviceTime(gpu_seconds=1860.0, attempts=5)
 
 
 @pytest.mark.slow  # 15-220 s on this 2-core machine

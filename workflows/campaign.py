@@ -128,6 +128,10 @@ class CampaignWorkflow:
             ideas_planned=st.n_planned,
             in_flight=sorted(st.in_flight),
             notes=st.notes,
+            device_time=st.device_time,
+            budget_gpu_hours=cfg.budget_gpu_hours,
+            budget_usd=cfg.budget_usd,
+            stopped_reason=st.stopped_reason,
         )
 
     @workflow.query
@@ -177,9 +181,10 @@ class CampaignWorkflow:
             baseline_metric=st.baseline_metric,
             archive=self.archive(),
             usage=st.usage,
-            stopped_reason="budget_exhausted" if st.budget_exhausted else "completed",
+            stopped_reason=(st.stopped_reason or "budget_exhausted") if st.budget_exhausted else "completed",
             ideas_done=st.ideas_done,
             archive_ref=st.archive_head,
+            device_time=st.device_time,
         )
 
     async def _loop(self, cfg: CampaignConfig, spec: EnvSpec) -> None:
@@ -243,8 +248,10 @@ class CampaignWorkflow:
     async def _plan_and_start(self, cfg: CampaignConfig, spec: EnvSpec) -> bool:
         """Plan one batch (an epoch in sync mode), start its ideas; False when nothing could be planned."""
         st = self._state
-        if self._budget_left(cfg) is False:
-            self._budget_spent(f"budget of ${cfg.budget_usd} spent: no more ideas are planned")
+        spent = self._budget_spent(cfg)
+        if spent is not None:
+            reason, why = spent
+            self._stop_planning(reason, f"{why}: no more ideas are planned; ideas in flight finish")
             return False
         tally = await self._open_epoch(cfg, spec)
         size = self._epoch_size(cfg, tally.epoch)
@@ -366,18 +373,25 @@ class CampaignWorkflow:
             for i in res.ideas[: max(0, room)]
         ]
 
-    def _budget_spent(self, note: str) -> None:
-        """Plan no more ideas; the open epochs close once their ideas in flight are done."""
+    def _stop_planning(self, reason: str, note: str) -> None:
+        """Plan no more ideas (a budget is spent); the open epochs close once their ideas in flight are done."""
         st = self._state
         st.budget_exhausted = True
+        st.stopped_reason = reason
         for t in st.epochs_open:
             t.closed = True
         self._note(note)
 
-    def _budget_left(self, cfg: CampaignConfig) -> bool | None:
-        if cfg.budget_usd is None:
-            return None
-        return self._state.usage.cost_usd < cfg.budget_usd
+    def _budget_spent(self, cfg: CampaignConfig) -> tuple[str, str] | None:
+        """(stopped reason, why) once a budget is spent: ``budget_usd`` of LLM calls, or ``budget_gpu_hours`` of
+        training by the finished ideas; None while both last."""
+        st = self._state
+        if cfg.budget_usd is not None and st.usage.cost_usd >= cfg.budget_usd:
+            return "budget_exhausted", f"budget of ${cfg.budget_usd} spent"
+        if cfg.budget_gpu_hours is not None and st.device_time.gpu_hours >= cfg.budget_gpu_hours:
+            used = st.device_time.gpu_hours
+            return "gpu_budget_exhausted", f"GPU budget of {cfg.budget_gpu_hours:g} h spent ({used:.3g} GPU-h used)"
+        return None
 
     def _note(self, text: str) -> None:
         workflow.logger.info("campaign %s: %s", self._config.name, text)
@@ -464,8 +478,11 @@ class CampaignWorkflow:
             return  # already absorbed (a signal and a watch, or a re-attach, can both report one idea)
         direction = self._spec.direction if self._spec else "min"
         st.usage = st.usage + done.usage
+        st.device_time = st.device_time + s.device_time
         if s.category == "budget_exhausted" and not st.budget_exhausted and workflow.patched(BUDGET_STOP):
-            self._budget_spent(f"{s.idea_id}: LLM budget exhausted while implementing: no more ideas are planned")
+            self._stop_planning(
+                "budget_exhausted", f"{s.idea_id}: LLM budget exhausted while implementing: no more ideas are planned"
+            )
         st.ideas_done += 1
         st.ideas_ok += s.status == "ok"
         if s.origin == "baseline":
@@ -480,6 +497,7 @@ class CampaignWorkflow:
             for t in st.epochs_open:
                 if t.epoch == s.epoch:
                     t.done += 1
+                    t.device_time = t.device_time + s.device_time
                     if s.status == "ok" and s.metric is not None:
                         t.ok += 1
                         if t.best is None or self._better(s.metric, t.best):
@@ -538,8 +556,10 @@ class CampaignWorkflow:
                 "ideas": float(t.done),
                 "ideas_ok": float(t.ok),
                 "execution_rate": t.ok / t.done if t.done else 0.0,
+                **t.device_time.metrics(),
+                **st.device_time.metrics("campaign_"),
+                **st.usage.metrics("campaign_"),  # LLM usage of the whole campaign so far
             }
-            summary.update(st.usage.metrics("campaign_"))  # LLM usage of the whole campaign so far
             if t.best is not None:
                 summary["epoch_best_metric"] = t.best
             if overall is not None and overall.metric is not None:

@@ -15,12 +15,16 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import TimeoutError as ActivityTimeout
 
 with workflow.unsafe.imports_passed_through():
+    from pydantic import ValidationError
+
     from ideaforge import names
     from ideaforge.models import (
         ArtifactRef,
+        DeviceTime,
         IdeaDone,
         IdeaInput,
         IdeaOutcome,
@@ -29,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         ImplementRequest,
         Package,
         PackageRequest,
+        Progress,
         RecordIdeaRequest,
         RecordResult,
         RunRequest,
@@ -62,6 +67,22 @@ TRAIN_RETRY = RetryPolicy(
 )
 
 
+def device_time_of(err: ActivityError) -> DeviceTime:
+    """The device time of a training whose retries ran out: the error's details (set by ``run_experiment``), or
+    the last heartbeat of an attempt that timed out (its worker died); nothing for other activities."""
+    if err.activity_type != names.RUN_EXPERIMENT:
+        return DeviceTime()
+    cause = err.cause
+    try:
+        if isinstance(cause, ApplicationError) and cause.details:
+            return DeviceTime.model_validate(cause.details[0])
+        if isinstance(cause, ActivityTimeout) and cause.last_heartbeat_details:
+            return Progress.model_validate(cause.last_heartbeat_details[0]).device_time
+    except ValidationError:
+        workflow.logger.warning("unreadable device time in the failure of %s", err.activity_type)
+    return DeviceTime()
+
+
 @workflow.defn(name="IdeaWorkflow")
 class IdeaWorkflow:
     def __init__(self) -> None:
@@ -84,7 +105,7 @@ class IdeaWorkflow:
             return await self._run(inp)
         except ActivityError as e:  # retries exhausted or non-retryable: the campaign must still hear of it
             idea = inp.idea
-            summary = IdeaSummary.of(idea, "failed", category="crashed")
+            summary = IdeaSummary.of(idea, "failed", category="crashed", device_time=device_time_of(e))
             await self._tell_campaign(IdeaOutcome(summary=summary, error=f"{e}: {e.cause}"[:2000]))
             raise
 
@@ -209,6 +230,7 @@ class IdeaWorkflow:
             reward=reward,
             code=code,
             diff=diff,
+            device_time=run.device_time if run else DeviceTime(),
         )
         outcome = IdeaOutcome(
             summary=summary,

@@ -230,6 +230,7 @@ class CampaignView(BaseModel):
     result: CampaignResult | None = None
     saved: CampaignInput | None = None
     worker_answered: bool = False
+    worker_silent: bool = False  # running and no worker answers: what the CLI warns about
     started_at: datetime | None = None  # the campaign's first run, not the latest continue-as-new
     epoch: int | None = None  # search attribute: last completed epoch (0-based)
     best_metric: float | None = None  # search attribute
@@ -292,6 +293,7 @@ async def status(client: Client, name: str, saved: CampaignInput | None = None) 
         result=result,
         saved=saved,
         worker_answered=live is not None,
+        worker_silent=running and live is None,
         started_at=started or desc.start_time,
         epoch=sa.get(EPOCH),
         best_metric=sa.get(BEST_METRIC),

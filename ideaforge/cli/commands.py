@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -29,6 +30,7 @@ from ideaforge.names import experiment_name
 OK, REFUSED, UNAVAILABLE, DEGRADED, NOT_FOUND = 0, 1, 2, 3, 4
 CONNECT_TIMEOUT_S = 3.0
 FOLLOW_EVERY_S = 2.0
+WORKER_SILENCE_GRACE_S = 20.0  # a busy worker (start-up, a loaded machine) may miss a query or two
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 # piped output is read by people too (logs, CI): wide enough that tables do not wrap every cell
@@ -192,6 +194,10 @@ def start(
     profile: str | None = typer.Option(None, help="env profile, e.g. default or smoke"),
     seed: int | None = typer.Option(None),
     confirm_top_k: int | None = typer.Option(None, help="re-run the top K ideas on fresh seeds at the end"),
+    budget_usd: float | None = typer.Option(None, help="LLM spend after which no new idea is planned"),
+    budget_gpu_hours: float | None = typer.Option(
+        None, help="GPU-hours of training (every attempt) after which no new idea starts; ideas in flight finish"
+    ),
     restart: bool = typer.Option(
         False, "--restart", help="delete a campaign of this name (history, saved state, MLflow) and start afresh"
     ),
@@ -219,6 +225,8 @@ def start(
                 "profile": profile,
                 "seed": seed,
                 "confirm_top_k": confirm_top_k,
+                "budget_usd": budget_usd,
+                "budget_gpu_hours": budget_gpu_hours,
             },
         )
     except CampaignError as e:
@@ -309,11 +317,13 @@ async def _follow(client, settings: Settings, name: str) -> CampaignView:  # noq
     direction = _direction(settings, cfg.env if cfg else None)
     tracker.total_steps = _total_steps(settings, cfg) if cfg else None
     warned = False
+    grace = display.SilenceGrace(WORKER_SILENCE_GRACE_S)
 
     async def poll() -> tuple[CampaignView, list]:
         nonlocal warned
         v, ideas = await _view(client, settings, name, tracker)
-        if v.state == "running" and not v.worker_answered and not warned and not console.is_terminal:
+        v = grace.apply(v, time.monotonic())
+        if v.worker_silent and not warned and not console.is_terminal:
             # (in a terminal the live table says it: a print here would tear the live display)
             err.print("[yellow]the worker is not answering; `ideaforge up` restarts the local one[/yellow]")
             warned = True
@@ -363,10 +373,14 @@ async def _view(client, settings: Settings, name: str, tracker) -> tuple[Campaig
 def _print_closed(view: CampaignView, direction: str) -> None:
     if view.state == "completed" and view.result is not None:
         r = view.result
+        from ideaforge.cli.display import compute_text
+
+        why = "" if r.stopped_reason == "completed" else f" (stopped early: {r.stopped_reason.replace('_', ' ')})"
         console.print(
-            f"campaign [bold]{view.name}[/bold] completed: {r.epochs_completed} epochs, "
+            f"campaign [bold]{view.name}[/bold] completed{why}: {r.epochs_completed} epochs, "
             f"{r.ideas_done} ideas"
         )
+        console.print(f"compute: {compute_text(view)}", highlight=False)
         _print_leaderboard(r.archive, direction, r.baseline_metric)
     elif view.state not in ("running", "unknown"):
         err.print(f"campaign {view.name} is {view.state}. {campaigns.next_step(view)}", highlight=False)
@@ -438,6 +452,7 @@ async def _show(client, settings: Settings, name: str, follow: bool) -> int:  # 
     if view.state == "unknown" and view.saved is not None:
         st = view.saved.state
         console.print(f"campaign {name}: Temporal has no record of it; its saved state holds {st.next_epoch} epochs")
+        console.print(f"compute: {display.compute_text(view)}", highlight=False)
         _print_leaderboard(st.archive, direction, st.baseline_metric)
     return OK
 
@@ -454,6 +469,10 @@ def _show_saved_only(settings: Settings, name: str, why: str) -> NoReturn:
         f"campaign {name} (saved state): {st.next_epoch}/{saved.config.epochs} epochs saved, "
         f"{sum(s.origin != 'baseline' for s in st.archive)} ideas, baseline {_fmt(st.baseline_metric)}"
     )
+    from ideaforge.cli.display import compute_text
+
+    view = campaigns.CampaignView(name=name, state="unknown", saved=saved, config=saved.config)
+    console.print(f"compute: {compute_text(view)}", highlight=False)
     _print_leaderboard(st.archive, direction, st.baseline_metric)
     _exit(DEGRADED)
 

@@ -91,6 +91,29 @@ def _pick(view: CampaignView, field: str):  # noqa: ANN202 - a field of the live
     return None
 
 
+def compute_text(view: CampaignView) -> str:
+    """Device time of the finished ideas (every training attempt), against the GPU budget if there is one, and
+    why planning stopped (a budget spent): from the live status, else the result, else the saved state."""
+    stopped = None
+    if view.live is not None:
+        dt, budget, stopped = view.live.device_time, view.live.budget_gpu_hours, view.live.stopped_reason
+    elif view.result is not None:
+        dt, budget = view.result.device_time, view.config.budget_gpu_hours if view.config else None
+        if view.result.stopped_reason != "completed":
+            stopped = view.result.stopped_reason
+    elif view.saved is not None:
+        dt, budget = view.saved.state.device_time, view.saved.config.budget_gpu_hours
+        stopped = view.saved.state.stopped_reason
+    else:
+        return "-"
+    text = dt.text()
+    if budget is not None:
+        text += f"; GPU budget {budget:g} h ({dt.gpu_hours / budget:.0%} used)"
+    if stopped:
+        text += f"; stopped: {stopped.replace('_', ' ')}"
+    return text
+
+
 def vs_baseline(best: float | None, base: float | None, direction: str) -> str:
     if best is None or base is None or base == 0:
         return ""
@@ -133,15 +156,35 @@ def idea_line(p: IdeaProgress) -> str:
     return f"{name}: {p.state}"
 
 
+class SilenceGrace:
+    """Holds back the "worker not answering" alarm until the worker has been silent for ``grace_s``: a worker
+    busy starting up or on a loaded machine can miss one status query without anything being wrong."""
+
+    def __init__(self, grace_s: float) -> None:
+        self.grace_s = grace_s
+        self.silent_since: float | None = None
+
+    def apply(self, view: CampaignView, now: float) -> CampaignView:
+        if not view.worker_silent:
+            self.silent_since = None
+            return view
+        if self.silent_since is None:
+            self.silent_since = now
+        if now - self.silent_since < self.grace_s:
+            return view.model_copy(update={"worker_silent": False})
+        return view
+
+
 def header_line(view: CampaignView, ideas: list[IdeaProgress], direction: str) -> str:
     c = counts(ideas)
     base, base_txt = baseline_of(view, ideas)
     best, best_id = best_of(view, ideas, direction)
-    worker = "" if view.worker_answered or view.state != "running" else " [worker not answering]"
+    worker = " [worker not answering]" if view.worker_silent else ""
     return (
         f"{view.name} epoch {epoch_text(view)}: {c['done']} done, {c['failed']} failed, "
         f"{c['running']} running, {c['queued']} queued | baseline {base_txt} | "
-        f"best {fmt_metric(best)} ({best_id}){vs_baseline(best, base, direction)}{worker}"
+        f"best {fmt_metric(best)} ({best_id}){vs_baseline(best, base, direction)} | "
+        f"compute {compute_text(view)}{worker}"
     )
 
 
@@ -161,10 +204,12 @@ def rich_view(view: CampaignView, ideas: list[IdeaProgress], direction: str, now
     top.add_row("ideas", f"{c['done']} done, {c['failed']} failed, {c['running']} running, {c['queued']} queued")
     top.add_row("baseline", base_txt)
     top.add_row("best", f"{fmt_metric(best)} ({best_id}){vs_baseline(best, base, direction)}")
+    top.add_row("compute", compute_text(view))
     if view.live is not None and view.live.usage.calls:
         u = view.live.usage
-        top.add_row("LLM", f"{u.calls} calls, {u.input_tokens + u.output_tokens} tokens, ${u.cost_usd:.4f}")
-    if view.state == "running" and not view.worker_answered:
+        budget = f" of a ${view.live.budget_usd:g} budget" if view.live.budget_usd is not None else ""
+        top.add_row("LLM", f"{u.calls} calls, {u.input_tokens + u.output_tokens} tokens, ${u.cost_usd:.4f}{budget}")
+    if view.worker_silent:
         top.add_row("worker", Text("not answering: `ideaforge up` restarts the local one", style="red"))
     elif view.state != "running":
         top.add_row("next", next_step(view) or "-")

@@ -92,6 +92,15 @@ def check_env(cfg: CampaignConfig, settings: Settings) -> tuple[EnvSpec | None, 
                 fix=f"--profile one of: {', '.join(sorted(spec.profiles))}",
             )
         ]
+    if cfg.budget_gpu_hours is not None and spec.resources_for(cfg.profile).device != "gpu":
+        return spec, [
+            Finding(
+                check="budget",
+                problem=f"budget_gpu_hours is set, but env {cfg.env!r} (profile {cfg.profile!r}) trains on CPU: "
+                "it uses no GPU-hours, so the budget could never stop it",
+                fix="remove budget_gpu_hours (CPU time is shown as CPU-slot-hours), or choose a GPU env",
+            )
+        ]
     return spec, []
 
 

@@ -160,7 +160,8 @@ def temporal_command(settings: Settings, binary: str | None = None) -> list[str]
 
 
 def mlflow_artifacts_destination(settings: Settings) -> str:
-    """Where the MLflow server puts artifacts: ``<artifact s3 uri>/mlflow`` on S3, else ``<home>/mlflow/artifacts``."""
+    """Where the MLflow server puts artifacts: ``<artifact s3 uri>/mlflow`` on S3 (docker-compose.yml follows the
+    same rule), else ``<home>/mlflow/artifacts``."""
     root = settings.artifact_root
     if root.startswith("s3://"):
         return root.rstrip("/") + "/mlflow"

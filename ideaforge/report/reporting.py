@@ -18,7 +18,7 @@ from statistics import stdev
 from matplotlib.figure import Figure
 from pydantic import BaseModel, Field
 
-from ideaforge.models import CampaignState, Direction, EnvSpec, IdeaSummary
+from ideaforge.models import CampaignState, DeviceTime, Direction, EnvSpec, IdeaSummary
 from ideaforge.names import experiment_name, parse_idea_id
 from ideaforge.ranking import ranked, score
 from ideaforge.report.export import campaign_of
@@ -45,6 +45,9 @@ class LeaderboardRow(BaseModel):
     delta: float | None = None  # improvement over the baseline in the env's direction (> 0 is better)
     reward: float | None = None
     lineage: str
+    gpu_seconds: float = 0.0  # training + eval over every attempt (DeviceTime)
+    cpu_slot_seconds: float = 0.0
+    train_attempts: int = 0
 
 
 class EpochStats(BaseModel):
@@ -55,6 +58,7 @@ class EpochStats(BaseModel):
     metrics: list[float] = Field(default_factory=list)  # ok, non-confirm ideas
     best: float | None = None
     best_so_far: float | None = None
+    device_time: DeviceTime = Field(default_factory=DeviceTime)  # of every idea of the epoch, failed ones too
 
 
 class Report(BaseModel):
@@ -73,6 +77,7 @@ class Report(BaseModel):
     plots: dict[str, Path]
     epochs: list[EpochStats]
     leaderboard: list[LeaderboardRow]
+    device_time: DeviceTime = Field(default_factory=DeviceTime)  # of every executed idea
 
     @property
     def files(self) -> list[Path]:
@@ -142,6 +147,9 @@ def leaderboard(state: CampaignState, spec: EnvSpec) -> list[LeaderboardRow]:
             delta=_improvement(sc, baseline, spec.direction),
             reward=s.reward,
             lineage=lineage(s.idea_id, by_id),
+            gpu_seconds=s.device_time.gpu_seconds,
+            cpu_slot_seconds=s.device_time.cpu_slot_seconds,
+            train_attempts=s.device_time.attempts,
         )
 
     ok = ranked(state.archive, spec.direction)
@@ -189,6 +197,7 @@ def epoch_stats(state: CampaignState, spec: EnvSpec) -> list[EpochStats]:
                 metrics=metrics,
                 best=best,
                 best_so_far=best_so_far,
+                device_time=DeviceTime.total(s.device_time for s in ideas),
             )
         )
     return out
@@ -312,6 +321,7 @@ def write_markdown(report: Report, spec: EnvSpec, path: Path) -> Path:
         + (f" (`{report.best_idea}`)" if report.best_idea else ""),
         f"- epochs: {len(report.epochs)}; ideas executed: {total}; succeeded: {ok}"
         + (f" ({ok / total:.0%})" if total else ""),
+        f"- device time (training + evaluation, every attempt): {report.device_time.text()}",
         "",
     ]
     lines += [f"![{name}]({p.name})" for name, p in report.plots.items()]
@@ -339,11 +349,13 @@ def write_markdown(report: Report, spec: EnvSpec, path: Path) -> Path:
         "",
         "## Epochs",
         "",
-        "| epoch | ok / total | epoch best | best so far |",
-        "|---:|---:|---:|---:|",
+        "| epoch | ok / total | epoch best | best so far | GPU-h | CPU-slot-h | training attempts |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
-        f"| {s.epoch} | {s.ok}/{s.total} | {_fmt(s.best)} | {_fmt(s.best_so_far)} |" for s in report.epochs
+        f"| {s.epoch} | {s.ok}/{s.total} | {_fmt(s.best)} | {_fmt(s.best_so_far)} "
+        f"| {s.device_time.gpu_hours:.3g} | {s.device_time.cpu_slot_hours:.3g} | {s.device_time.attempts} |"
+        for s in report.epochs
     ]
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -379,6 +391,7 @@ def write_report(state: CampaignState, spec: EnvSpec, out_dir: Path, campaign: s
         plots=plots,
         epochs=stats,
         leaderboard=rows,
+        device_time=DeviceTime.total(s.device_time for s in stats),
     )
     write_markdown(report, spec, report.markdown)
     log.info("report for %s written to %s", report.campaign, out_dir)
@@ -403,6 +416,7 @@ def log_report_to_mlflow(tracker: Tracker, campaign: str, report: Report) -> str
         points.append(("best_score", report.best_score, step))
     if report.baseline_metric is not None:
         points.append(("baseline_metric", report.baseline_metric, step))
+    points += [(k, v, step) for k, v in report.device_time.metrics("campaign_").items()]
     tracker.log_metrics(run, points, skip_existing=True)
     tracker.finish(run.info.run_id, "FINISHED")
     return run.info.run_id

@@ -7,6 +7,10 @@ import logging
 import re
 import shutil
 import subprocess
+import time
+from collections.abc import Callable
+
+from ideaforge.models import DeviceKind, DeviceTime
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,35 @@ class DevicePool:
                 raise ValueError(f"releasing device ids that are not held: {bad}")
             self._free.update(ids)
             self._cond.notify_all()
+
+
+class DeviceClock:
+    """Device time of one experiment across its attempts: what earlier attempts used (as the last heartbeat a
+    retry finds says) plus this attempt's devices x wall seconds since it acquired them (training + eval)."""
+
+    def __init__(self, before: DeviceTime, kind: DeviceKind, clock: Callable[[], float] = time.monotonic) -> None:
+        self.before = before
+        self.kind = kind
+        self.devices = 0
+        self._clock = clock
+        self._started: float | None = None
+        self._stopped: float | None = None
+
+    def start(self, devices: int) -> None:
+        """This attempt now holds ``devices`` devices."""
+        self.devices = devices
+        self._started = self._clock()
+
+    def stop(self) -> None:
+        """This attempt gave its devices back: the figure stops growing."""
+        if self._started is not None and self._stopped is None:
+            self._stopped = self._clock()
+
+    def so_far(self) -> DeviceTime:
+        if self._started is None:
+            return self.before
+        end = self._stopped if self._stopped is not None else self._clock()
+        return self.before + DeviceTime.held(self.kind, self.devices, end - self._started)
 
 
 def detect_gpus() -> list[int]:

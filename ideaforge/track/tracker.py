@@ -487,6 +487,7 @@ def _idea_metrics(req: RecordIdeaRequest) -> list[tuple[str, float, int]]:
     if run is not None:
         pts += [(k, v, 0) for k, v in run.metrics.items()]
         pts += [("train_s", run.train_s, 0), ("eval_s", run.eval_s, 0), ("wall_s", run.wall_s, 0)]
+        pts.append(("devices", float(run.devices), 0))
         pts += [(p.key, p.value, p.step) for p in run.curve]
     if s.metric is not None:
         pts.append(("metric", s.metric, 0))
@@ -497,6 +498,7 @@ def _idea_metrics(req: RecordIdeaRequest) -> list[tuple[str, float, int]]:
     u = out.usage
     pts.append(("orchestration_s", out.orchestration_s, 0))
     pts += [(k, v, 0) for k, v in u.metrics().items()]  # cached, reasoning, cancelled tokens included
+    pts += [(k, v, 0) for k, v in s.device_time.metrics().items()]  # every training attempt, failed ones too
     return pts
 
 
