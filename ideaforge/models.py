@@ -212,6 +212,8 @@ class EnvSpec(Strict):
     host_paths: list[str] = Field(default_factory=list)
     # advice for the ideator (what kind of ideas fit this env, what must not change), shown in its prompt
     ideator_guidance: str = ""
+    # what the hidden evaluator reads, rebuilds and checks (the implementer sees this, not the evaluator's code)
+    evaluator_interface: str = ""
     # protected files training never sees (held-out data shipped with the env, the script that draws the
     # validation set): removed from the training tree, present for prepare and evaluation only
     eval_only_files: list[str] = Field(default_factory=list)
@@ -318,6 +320,7 @@ USAGE_COUNTS = (
     "cache_write_tokens",
     "reasoning_tokens",
     "cancelled_calls",
+    "cancelled_tokens",
     "truncated_calls",
 )
 
@@ -335,12 +338,19 @@ class Usage(Strict):
     cache_write_tokens: int = 0  # written to the cache (Anthropic bills them at 1.25x input)
     reasoning_tokens: int = 0  # thinking / reasoning tokens inside output_tokens
     cancelled_calls: int = 0
+    cancelled_tokens: int = 0  # estimated input + output tokens of the cancelled calls (inside the counts above)
     truncated_calls: int = 0  # replies cut by the token limit (finish_reason length / max_tokens)
     cost_usd: float = 0.0
 
     def __add__(self, other: Usage) -> Usage:
         counts = {k: getattr(self, k) + getattr(other, k) for k in USAGE_COUNTS}
         return Usage(**counts, cost_usd=self.cost_usd + other.cost_usd)
+
+    def metrics(self, prefix: str = "") -> dict[str, float]:
+        """Every count and the cost as floats (MLflow metrics: ``calls`` is named ``llm_calls``)."""
+        out = {f"{prefix}{'llm_calls' if k == 'calls' else k}": float(getattr(self, k)) for k in USAGE_COUNTS}
+        out[f"{prefix}cost_usd"] = self.cost_usd
+        return out
 
 
 # --------------------------------------------------------------------------- campaign config
@@ -533,7 +543,19 @@ class IdeateResult(Strict):
     transcript: ArtifactRef | None = None
 
 
+class SampleAttempt(Strict):
+    """One failed sample of an implement round: its reply (stored, by reference) and its own error."""
+
+    reply: ArtifactRef | None = None
+    error: str
+    category: FailureCategory | None = None
+
+
 class ImplementRequest(Strict):
+    """One implement round. A revision carries the previous round's failed samples (``previous_samples``,
+    each reply paired with its own error) or, for a failure found after the change applied (a preflight),
+    the applied diff and its error (``previous_diff``/``previous_error``)."""
+
     campaign: str
     env: str
     idea: Idea
@@ -542,11 +564,16 @@ class ImplementRequest(Strict):
     parallel_samples: int = 1
     previous_diff: ArtifactRef | None = None
     previous_error: str | None = None
+    previous_samples: list[SampleAttempt] = Field(default_factory=list)
     parent_diff: ArtifactRef | None = None
+    # what the campaign may still spend on LLM calls (None: no cap); a call whose worst case does not fit is
+    # refused before it starts and the round ends with category ``budget_exhausted``
+    budget_left_usd: float | None = None
 
 
 class Implementation(Strict):
-    """Result of one implement attempt: a diff that applies, or the reason it does not."""
+    """Result of one implement attempt: a diff that applies, or the reason it does not (``samples``: every
+    failed sample's reply and error, fed back on the next revision)."""
 
     diff: ArtifactRef | None = None
     applies: bool = False
@@ -555,6 +582,7 @@ class Implementation(Strict):
     touched_files: list[str] = Field(default_factory=list)
     usage: Usage = Field(default_factory=Usage)
     transcript: ArtifactRef | None = None
+    samples: list[SampleAttempt] = Field(default_factory=list)
 
 
 class PackageRequest(Strict):
@@ -615,6 +643,9 @@ class IdeaInput(Strict):
     max_revisions: int = 2
     parallel_samples: int = 1
     parent_diff: ArtifactRef | None = None
+    # the campaign's LLM budget left when the idea started (None: no cap); each implement round gets what
+    # is left of it after this idea's own earlier rounds
+    budget_left_usd: float | None = None
     reuse_code: ArtifactRef | None = None
     reuse_diff: ArtifactRef | None = None
     epoch_run_id: str | None = None

@@ -3,7 +3,8 @@
 No LLM is called. The ideation prompt is built exactly as the ideator builds it (system prompt with the env's
 code and guidance; per-call context drawn from a synthetic archive of past ideas), tokens are estimated as
 characters / 4, and the output per call is an assumption printed with the figures. Implementation is estimated
-from the env's source size (the implementer sees all source files) and an assumed diff size and attempt count.
+from the implementer's real prompt (its stable block with the env, the protected files and the baseline, cached
+after the first call of the env; the per-idea part uncached) and an assumed diff size and attempt count.
 
     python ops/bench_idea_cost.py [--env tiny_gpt] [--archive 160] [--ideas-per-call 10]
 """
@@ -13,16 +14,19 @@ from __future__ import annotations
 import argparse
 import random
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ideaforge.research_envs.registry import load_env  # noqa: E402
 
+from ideaforge.llm import implement_prompt  # noqa: E402
 from ideaforge.llm.ideator import render_context, system_prompt  # noqa: E402
 from ideaforge.llm.pricing import cost_usd, price_for  # noqa: E402
 from ideaforge.llm.prompts import render  # noqa: E402
-from ideaforge.models import IdeaSummary, IdeateRequest, ProviderConfig  # noqa: E402
+from ideaforge.models import Idea, IdeaSummary, IdeateRequest, ImplementRequest, ProviderConfig  # noqa: E402
+from ideaforge.store.artifacts import LocalStore  # noqa: E402
 
 IDEA_TEXT = (
     "Replace the constant learning rate with a warmup-stable-decay schedule: warm up linearly over the first 5% "
@@ -95,22 +99,22 @@ def main() -> None:
     calls = 80 // args.ideas_per_call
     per_call_in = sys_tok + (ctx_tok["exploit"] + ctx_tok["explore"]) // 2
     hit = max(0.0, 1 - args.concurrency / calls)  # the first wave writes the cache, later calls read it
-    src = (
-        sum(
-            len((env.baseline / f).read_text())
-            for f in [*env.spec.editable_files, *env.spec.protected_files]
-            if (env.baseline / f).is_file() and not f.endswith(".gz")
-        )
-        // 4
-    )
+    idea = Idea(idea_id="x/e002/i00", epoch=2, index=0, title="Warmup-stable-decay", text=IDEA_TEXT)
+    impl_req = ImplementRequest(campaign="x", env=args.env, idea=idea, provider=provider)
+    impl_sys = len(implement_prompt.system_prompt(env)) // 4  # built as the implementer builds it
+    with tempfile.TemporaryDirectory() as tmp:
+        user = implement_prompt.user_prompt(impl_req, env, env.baseline, None, LocalStore(Path(tmp)))
+    impl_user = len(user) // 4
+    impl_hit = max(0.0, 1 - args.concurrency / 80)  # ideas of one env share the block; the first wave writes it
     print(
         f"env {args.env}: system prompt ~{sys_tok} tokens (cached prefix), per-call context "
         f"exploit ~{ctx_tok['exploit']} / explore ~{ctx_tok['explore']} tokens; {calls} calls of "
-        f"{args.ideas_per_call} ideas; cache hit share {hit:.0%}; source for the implementer ~{src} tokens"
+        f"{args.ideas_per_call} ideas; cache hit share {hit:.0%}; implementer prompt ~{impl_sys} tokens stable "
+        f"(cached, hit share {impl_hit:.0%}) + ~{impl_user} per idea"
     )
     print(
         f"assumed: {ANSWER_TOKENS_PER_IDEA} answer tokens per idea; implementer {IMPL_ATTEMPTS} calls per idea "
-        f"of {src + 400} input, {IMPL_DIFF_TOKENS} diff + {IMPL_THINKING} thinking tokens"
+        f"of {impl_sys + impl_user} input, {IMPL_DIFF_TOKENS} diff + {IMPL_THINKING} thinking tokens"
     )
     for model, (kw, think) in MODELS.items():
         p = ProviderConfig(model=model, **kw)
@@ -118,7 +122,11 @@ def main() -> None:
         cached = int(sys_tok * hit)
         write = sys_tok - cached if p.kind == "anthropic" else 0
         ideate = cost_usd(p, per_call_in, out, cached, write) / args.ideas_per_call
-        impl = IMPL_ATTEMPTS * cost_usd(p, src + 400, IMPL_DIFF_TOKENS + IMPL_THINKING)
+        impl_cached = int(impl_sys * impl_hit)
+        impl_write = impl_sys - impl_cached if p.kind == "anthropic" else 0
+        impl = IMPL_ATTEMPTS * cost_usd(
+            p, impl_sys + impl_user, IMPL_DIFF_TOKENS + IMPL_THINKING, impl_cached, impl_write
+        )
         price = price_for(p)
         print(
             f"{model:18s} prices in/out/cached ${price.input}/${price.output}/${price.cached_input} per Mtok: "

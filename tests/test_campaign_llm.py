@@ -66,7 +66,14 @@ def test_campaign_runs_with_each_llm_protocol(
     # ... and nowhere into MLflow
     ml = MlflowClient(served_settings.mlflow_uri)
     exp = ml.get_experiment_by_name(experiment_name(name))
-    for run in ml.search_runs([exp.experiment_id]):
+    runs = ml.search_runs([exp.experiment_id])
+    # the implementer's stable block (env, protected files, baseline) is read from the cache after the first idea
+    assert sum(r.data.metrics.get("cached_input_tokens", 0) for r in runs) > 0
+    # each epoch run carries the campaign's LLM usage so far (cached, reasoning, cancelled tokens included)
+    epoch_costs = [r.data.metrics["campaign_cost_usd"] for r in runs if "campaign_cost_usd" in r.data.metrics]
+    assert len(epoch_costs) == 2 and 0 < max(epoch_costs) <= result.usage.cost_usd + 1e-9
+    assert all("campaign_cached_input_tokens" in r.data.metrics for r in runs if "campaign_cost_usd" in r.data.metrics)
+    for run in runs:
         blob = repr(run.data.params) + repr(run.data.tags)
         assert SECRET not in blob
         for art in ml.list_artifacts(run.info.run_id):

@@ -418,3 +418,29 @@ def test_calls_in_flight_count_against_the_cap(server):
     results = asyncio.run(many())
     assert sum(isinstance(r, BudgetExhausted) for r in results) == 2  # 2 fit under 1.5x one worst case
     assert len(server.requests) == 2
+
+
+def test_whole_call_budget_never_starts_a_call_it_cannot_cover(server):
+    """``whole_calls=True`` (the implementer): a call starts only if its worst case fits in what is left."""
+    from ideaforge.llm.budget import Budget
+    from ideaforge.llm.errors import BudgetExhausted
+
+    p = provider(server, "openai", model="gpt-4o", max_tokens=1000, concurrency=4)
+    c = LLMClient(p)
+    msgs = [{"role": "user", "content": "x"}]
+    worst = c.worst_case_usd("s", msgs)
+    for _ in range(4):
+        server.push_text("r", delay=0.3, input_tokens=10, output_tokens=10)
+
+    async def many(budget):
+        return await asyncio.gather(
+            *(c.complete("s", msgs, budget=budget) for _ in range(4)), return_exceptions=True
+        )
+
+    budget = Budget(cap_usd=worst * 1.5, whole_calls=True)
+    results = asyncio.run(many(budget))
+    assert sum(isinstance(r, BudgetExhausted) for r in results) == 3  # only one worst case fits in 1.5
+    assert len(server.requests) == 1 and budget.spent_usd <= budget.cap_usd
+    with pytest.raises(BudgetExhausted, match="this call up to"):
+        Budget(cap_usd=worst * 0.99, whole_calls=True).reserve(worst)
+    assert Budget(cap_usd=worst, whole_calls=True).reserve(worst) == 0  # exactly fits

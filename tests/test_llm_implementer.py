@@ -73,9 +73,9 @@ def test_smart_fake_search_replace_applies(server, env, store, tmp_path, kind):
     assert out.touched_files == ["train.py"]
     assert "LR = 0.05" in patched(env, store, out.diff, tmp_path)  # first smart request: factor 0.5
     assert out.usage.calls == 1 and out.usage.input_tokens > 0
-    prompt = server.requests[0].prompt
-    assert "Lower the learning rate" in prompt and '<file path="train.py">' in prompt
-    assert "evaluate.py" in prompt and 'print("eval")' not in prompt  # protected file named, not shown
+    system, prompt = server.requests[0].system, server.requests[0].prompt
+    assert "Lower the learning rate" in prompt and '<file path="train.py">' in system
+    assert "evaluate.py" in system and 'print("eval")' not in system + prompt  # the evaluator: named, not shown
     transcript = store.get_text(out.transcript)
     assert KEY not in transcript and "<<<<<<< SEARCH" in transcript
 

@@ -52,7 +52,7 @@ def _error_of(reply: str, settings: Settings, tmp: Path) -> str:
     return str(e.value)
 
 
-def _run_idea(settings: Settings, client, replies: list[str], max_revisions: int = 2):
+def _run_idea(settings: Settings, client, replies: list[str], max_revisions: int = 2, **extra):
     env = load_env("toy_quad", settings.env_paths)
     name = f"revise-{uuid.uuid4().hex[:6]}"
     with FakeLLMServer(smart=False) as srv:
@@ -64,7 +64,7 @@ def _run_idea(settings: Settings, client, replies: list[str], max_revisions: int
         idea = Idea(idea_id=idea_id(name, 0, 0), epoch=0, index=0, title="Momentum", text="Use momentum 0.9.")
         inp = IdeaInput(
             campaign=name, spec=env.spec, idea=idea, implementer=provider, max_revisions=max_revisions,
-            experiment=f"ideaforge-{name}",
+            experiment=f"ideaforge-{name}", **extra,
         )
 
         async def go() -> IdeaOutcome:
@@ -113,3 +113,31 @@ def test_every_failure_kind_goes_back_and_nothing_runs_when_all_fail(served_sett
     assert outcome.summary.status == "failed" and outcome.summary.category == "patch_failed"
     assert outcome.run is None and outcome.summary.code is None  # never packaged, never trained
     assert errors[2] in (outcome.error or "")
+
+
+def test_each_failed_sample_goes_back_with_its_own_reply(served_settings, temporal_env, monkeypatch, tmp_path):
+    monkeypatch.setenv(KEY_ENV, "sk-revise")
+    errors = {r: _error_of(r, served_settings, tmp_path) for r in (AMBIGUOUS, NO_COMPILE)}
+    outcome, prompts = _run_idea(
+        served_settings, temporal_env.client, [AMBIGUOUS, NO_COMPILE, GOOD, GOOD], max_revisions=1,
+        parallel_samples=2,
+    )
+    assert outcome.revisions == 1 and outcome.summary.status == "ok", outcome.error
+    revision = prompts[2]  # both samples of round 2 got the same prompt
+    assert prompts[3] == revision and "Your previous 2 replies were not applied" in revision
+    blocks = revision.split("### Sample ")[1:]
+    assert len(blocks) == 2
+    for reply, error in errors.items():
+        (block,) = [b for b in blocks if reply.strip() in b]
+        assert block.index(reply.strip()) < block.index(error)  # its reply, then its own error
+        other = next(e for r, e in errors.items() if r != reply)
+        assert other not in block
+
+
+def test_spent_budget_stops_the_idea_before_any_call(served_settings, temporal_env, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "sk-revise")
+    outcome, prompts = _run_idea(served_settings, temporal_env.client, [GOOD], budget_left_usd=0.0)
+    assert prompts == []  # refused before anything was sent
+    assert outcome.summary.status == "failed" and outcome.summary.category == "budget_exhausted"
+    assert outcome.revisions == 0 and outcome.run is None  # not revised, never trained
+    assert "budget exhausted" in (outcome.error or "")

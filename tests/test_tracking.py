@@ -117,7 +117,18 @@ def _idea_req(
         summary=summary,
         revisions=1,
         run=run,
-        usage=Usage(calls=2, input_tokens=1000, output_tokens=300, cost_usd=0.01),
+        usage=Usage(
+            calls=2,
+            input_tokens=1000,
+            output_tokens=300,
+            cached_input_tokens=600,
+            cache_write_tokens=200,
+            reasoning_tokens=120,
+            cancelled_calls=1,
+            cancelled_tokens=400,
+            truncated_calls=1,
+            cost_usd=0.01,
+        ),
         orchestration_s=0.5,
         error=None if ok else "Traceback: boom",
     )
@@ -227,6 +238,8 @@ def test_record_epoch_and_ideas_then_list(tracker: Tracker, store: LocalStore) -
     assert m["val_loss"] == 1.5 and m["metric"] == 1.5 and m["reward"] == 0.25
     assert (m["train_s"], m["eval_s"], m["wall_s"], m["orchestration_s"]) == (10.0, 1.5, 12.0, 0.5)
     assert (m["input_tokens"], m["output_tokens"], m["cost_usd"], m["llm_calls"]) == (1000, 300, 0.01, 2)
+    assert (m["cached_input_tokens"], m["cache_write_tokens"], m["reasoning_tokens"]) == (600, 200, 120)
+    assert (m["cancelled_calls"], m["cancelled_tokens"], m["truncated_calls"]) == (1, 400, 1)
     assert _history(tracker, ok.run_id, "train_loss") == [(p.step, p.value) for p in CURVE]
     assert "metric" not in r_bad["metrics"] and r_bad["metrics"]["reward"] == -1.0
     assert (m["gpu_seconds"], m["cpu_slot_seconds"], m["train_attempts"], m["devices"]) == (400.0, 0.0, 2.0, 2.0)

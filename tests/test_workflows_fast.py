@@ -75,6 +75,7 @@ class Stubs:
     run_s: float = 0.02
     slow: dict[str, float] = field(default_factory=dict)  # idea title -> run seconds
     ideate_cost: float = 0.0
+    implement_cost: float = 0.0  # per implement call; refused (budget_exhausted) when the budget left is less
     bad_titles: set[str] = field(default_factory=set)  # implement fails on the first attempt
     hopeless_titles: set[str] = field(default_factory=set)  # implement always fails
     ideate_calls: list[IdeateRequest] = field(default_factory=list)
@@ -130,10 +131,16 @@ class Stubs:
         async def implement(req: ImplementRequest) -> Implementation:
             self.implement_calls.append(req)
             title = req.idea.title
+            if req.budget_left_usd is not None and req.budget_left_usd < self.implement_cost:
+                return Implementation(applies=False, category="budget_exhausted", error="LLM budget exhausted")
             if title in self.hopeless_titles or (title in self.bad_titles and req.revision == 0):
                 return Implementation(applies=False, category="patch_failed", error="hunk 1 does not apply")
             # the "diff" names the number of changes and the title: package and run read them back
-            return Implementation(applies=True, diff=code_ref(len(req.idea.recipe or []), title))
+            return Implementation(
+                applies=True,
+                diff=code_ref(len(req.idea.recipe or []), title),
+                usage=Usage(calls=1, cost_usd=self.implement_cost),
+            )
 
         @activity.defn(name=names.PACKAGE)
         async def package(req: PackageRequest) -> Package:
@@ -242,6 +249,21 @@ async def campaign_runs(client: Client, handle) -> int:  # noqa: ANN001
         cont = last.HasField("workflow_execution_continued_as_new_event_attributes")
         rid = last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id if cont else None
     return n
+
+
+def test_implementer_refused_for_budget_stops_the_campaign(env, stubs, tmp_path) -> None:
+    stubs.implement_cost, stubs.slots = 1.0, 1
+    cfg = config(epochs=5, ideas_per_epoch=4, budget_usd=1.5, ahead=0)  # steady, one idea at a time
+    result, store, _ = asyncio.run(run_campaign(env.client, stubs, tmp_path, cfg))
+    # idea 1 gets the whole budget and spends 1.0; idea 2 gets what is left, is refused, and is not revised;
+    # the epoch it belongs to closes unfinished and nothing more is planned
+    assert [r.budget_left_usd for r in stubs.implement_calls] == [1.5, 0.5]
+    assert result.stopped_reason == "budget_exhausted" and result.usage.cost_usd == 1.0
+    assert result.ideas_done == 3  # baseline, idea 1, idea 2
+    archive = {s.title: s for s in load_archive(store, result.archive_ref)}
+    assert archive["idea 2"].category == "budget_exhausted" and archive["idea 2"].idea_id not in stubs.trained
+    campaign_costs = [r.summary["campaign_cost_usd"] for r in stubs.epoch_records if r.summary]
+    assert campaign_costs == [1.0]  # the epoch run carries the campaign's LLM usage
 
 
 @pytest.mark.slow  # 15-220 s on this 2-core machine

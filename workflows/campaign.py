@@ -26,7 +26,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
-    from ideaforge.workflows.idea import CPU_RETRY, RECORD_RETRY, IdeaWorkflow
+    from ideaforge.workflows.idea import BUDGET_STOP, CPU_RETRY, RECORD_RETRY, IdeaWorkflow
     from ideaforge.workflows.selection import (
         CHILD_HISTORY,
         confirm_candidates,
@@ -251,11 +251,7 @@ class CampaignWorkflow:
         spent = self._budget_spent(cfg)
         if spent is not None:
             reason, why = spent
-            st.budget_exhausted = True
-            st.stopped_reason = reason
-            for t in st.epochs_open:
-                t.closed = True
-            self._note(f"{why}: no more ideas are planned; ideas in flight finish")
+            self._stop_planning(reason, f"{why}: no more ideas are planned; ideas in flight finish")
             return False
         tally = await self._open_epoch(cfg, spec)
         size = self._epoch_size(cfg, tally.epoch)
@@ -377,6 +373,15 @@ class CampaignWorkflow:
             for i in res.ideas[: max(0, room)]
         ]
 
+    def _stop_planning(self, reason: str, note: str) -> None:
+        """Plan no more ideas (a budget is spent); the open epochs close once their ideas in flight are done."""
+        st = self._state
+        st.budget_exhausted = True
+        st.stopped_reason = reason
+        for t in st.epochs_open:
+            t.closed = True
+        self._note(note)
+
     def _budget_spent(self, cfg: CampaignConfig) -> tuple[str, str] | None:
         """(stopped reason, why) once a budget is spent: ``budget_usd`` of LLM calls, or ``budget_gpu_hours`` of
         training by the finished ideas; None while both last."""
@@ -413,6 +418,9 @@ class CampaignWorkflow:
                     max_revisions=cfg.max_revisions,
                     parallel_samples=cfg.parallel_samples,
                     parent_diff=parent.diff if parent else None,
+                    budget_left_usd=(
+                        None if cfg.budget_usd is None else max(0.0, cfg.budget_usd - st.usage.cost_usd)
+                    ),
                     reuse_code=source.code if source else None,
                     reuse_diff=source.diff if source else None,
                     epoch_run_id=epoch_run_id,
@@ -471,6 +479,10 @@ class CampaignWorkflow:
         direction = self._spec.direction if self._spec else "min"
         st.usage = st.usage + done.usage
         st.device_time = st.device_time + s.device_time
+        if s.category == "budget_exhausted" and not st.budget_exhausted and workflow.patched(BUDGET_STOP):
+            self._stop_planning(
+                "budget_exhausted", f"{s.idea_id}: LLM budget exhausted while implementing: no more ideas are planned"
+            )
         st.ideas_done += 1
         st.ideas_ok += s.status == "ok"
         if s.origin == "baseline":
@@ -546,6 +558,7 @@ class CampaignWorkflow:
                 "execution_rate": t.ok / t.done if t.done else 0.0,
                 **t.device_time.metrics(),
                 **st.device_time.metrics("campaign_"),
+                **st.usage.metrics("campaign_"),  # LLM usage of the whole campaign so far
             }
             if t.best is not None:
                 summary["epoch_best_metric"] = t.best

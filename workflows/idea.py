@@ -42,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from ideaforge.rewards import compute_reward
 
+BUDGET_STOP = "implement-budget-stop"  # workflow.patched id: an implement round refused for budget ends the loop
 CPU_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
@@ -154,7 +155,9 @@ class IdeaWorkflow:
         return await self._finish(inp, started, usage, revisions, run, impl, diff=diff, code=code)
 
     async def _implement(self, inp: IdeaInput) -> tuple[Implementation, int, Usage]:
-        """Implement, and on a diff that does not apply, revise with the error fed back (<= max_revisions)."""
+        """Implement, and on a diff that does not apply, revise with each failed sample's reply and error fed
+        back (<= max_revisions). Each round may spend what is left of the campaign's budget after this idea's
+        earlier rounds; a round refused for budget ends the loop (category ``budget_exhausted``)."""
         usage = Usage()
         impl: Implementation | None = None
         revision = 0
@@ -171,7 +174,11 @@ class IdeaWorkflow:
                     parallel_samples=inp.parallel_samples,
                     previous_diff=impl.diff if impl else None,
                     previous_error=impl.error if impl else None,
+                    previous_samples=impl.samples if impl else [],
                     parent_diff=inp.parent_diff,
+                    budget_left_usd=(
+                        None if inp.budget_left_usd is None else max(0.0, inp.budget_left_usd - usage.cost_usd)
+                    ),
                 ),
                 result_type=Implementation,
                 task_queue=names.CPU_QUEUE,
@@ -182,6 +189,8 @@ class IdeaWorkflow:
             usage = usage + impl.usage
             if impl.applies or inp.implementer.kind == "offline":
                 break  # the offline implementer is deterministic: a revision would give the same diff
+            if impl.category == "budget_exhausted" and workflow.patched(BUDGET_STOP):
+                break  # the LLM budget is spent: stop, a revision would be refused as well
         assert impl is not None
         return impl, revision, usage
 

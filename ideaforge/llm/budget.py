@@ -2,7 +2,9 @@
 
 Each call reserves its worst-case cost before it starts and is refused with :class:`BudgetExhausted` when what
 is spent plus what calls in flight may still spend has reached the cap, so parallel calls cannot all start
-just under it. The ledger also records calls that were cancelled (their tokens are billed all the same).
+just under it. With ``whole_calls=True`` (the implementer) a call is also refused when its own worst case does
+not fit in what is left, so the cap is never overrun. The ledger also records calls that were cancelled (their
+tokens are billed all the same).
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from ideaforge.models import Usage
 class Budget:
     """``cap_usd=None`` is a plain ledger. ``usage`` is everything charged so far."""
 
-    def __init__(self, cap_usd: float | None = None) -> None:
+    def __init__(self, cap_usd: float | None = None, whole_calls: bool = False) -> None:
         if cap_usd is not None and cap_usd < 0:
             raise ValueError(f"budget cap must be >= 0 USD, got {cap_usd}")
         self.cap_usd = cap_usd
+        self.whole_calls = whole_calls
         self.usage = Usage()
         self._reserved: dict[int, float] = {}
         self._ids = itertools.count()
@@ -38,10 +41,14 @@ class Budget:
 
     def reserve(self, worst_case_usd: float, what: str = "LLM call") -> int:
         """Book a call about to start; raises :class:`BudgetExhausted` if the cap is already reached."""
-        if self.cap_usd is not None and self.spent_usd + self.reserved_usd >= self.cap_usd:
+        committed = self.spent_usd + self.reserved_usd
+        if self.cap_usd is not None and (
+            committed >= self.cap_usd or (self.whole_calls and committed + worst_case_usd > self.cap_usd)
+        ):
+            worst = f", this call up to ${worst_case_usd:.4f}" if self.whole_calls else ""
             raise BudgetExhausted(
                 f"LLM budget exhausted: {what} refused before it started (spent ${self.spent_usd:.4f}, "
-                f"in flight up to ${self.reserved_usd:.4f}, cap ${self.cap_usd:.4f})"
+                f"in flight up to ${self.reserved_usd:.4f}{worst}, cap ${self.cap_usd:.4f})"
             )
         ticket = next(self._ids)
         self._reserved[ticket] = max(0.0, worst_case_usd)

@@ -255,6 +255,7 @@ class LLMClient:
             input_tokens=tin,
             output_tokens=tout,
             cancelled_calls=1,
+            cancelled_tokens=tin + tout,
             cost_usd=cost_usd(self.provider, tin, tout),
         )
 

@@ -1,8 +1,13 @@
 """Turn an idea into a diff with an LLM: unified diff or SEARCH/REPLACE, repaired, checked, k samples in parallel.
 
-The model sees the editable files as they are after the parent's diff (when the idea builds on a parent);
-its change is applied on top of that in a scratch copy, and the stored diff is always relative to the
-pristine baseline (``activities.patching.make_diff``), so a child's diff contains its parent's changes.
+The prompt (``implement_prompt``) shows the env, the hidden evaluator's interface, the protected source files and
+the baseline in a stable, cached block, then the idea, the parent's diff and the editable files as they are
+after it. The change is applied on top of that in a scratch copy, and the stored diff is always relative to the
+pristine baseline (``patch.apply.make_diff``), so a child's diff contains its parent's changes.
+
+Every call is charged to a :class:`Budget` capped at ``req.budget_left_usd``: a call whose worst case does not
+fit is refused before it starts; a round whose every call was refused ends with category ``budget_exhausted``.
+Samples cancelled once another won are charged an estimate (the API reports no usage for an abandoned request).
 """
 
 from __future__ import annotations
@@ -15,10 +20,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ideaforge.llm.budget import Budget
 from ideaforge.llm.client import LLMClient, LLMError
-from ideaforge.llm.ideator import direction_text, read_editable
-from ideaforge.llm.prompts import render, render_files
-from ideaforge.models import Implementation, ImplementRequest, ProviderConfig, Usage
+from ideaforge.llm.errors import BudgetExhausted
+from ideaforge.llm.implement_prompt import MAX_ERROR_CHARS, system_prompt, user_prompt
+from ideaforge.models import Implementation, ImplementRequest, ProviderConfig, SampleAttempt
 from ideaforge.patch.answer import apply_answer
 from ideaforge.patch.apply import PatchError, check_applies, make_diff, patched_tree
 from ideaforge.research_envs.registry import ResearchEnv
@@ -26,7 +32,6 @@ from ideaforge.store.artifacts import ObjectStore
 
 log = logging.getLogger(__name__)
 
-MAX_ERROR_CHARS = 3000
 CUT_OFF_REASONS = {"max_tokens", "length", "model_context_window_exceeded"}  # Anthropic / OpenAI stop reasons
 
 
@@ -71,15 +76,18 @@ class LLMImplementer:
                     category="patch_failed",
                     error=f"the parent's diff no longer applies to the baseline: {e}",
                 )
-            system = render("implement_system")
-            user = self._prompt(req, env, current, store)
+            system = system_prompt(env)
+            user = user_prompt(req, env, current, parent, store)
             messages = [{"role": "user", "content": user}]
+            cap = None if req.budget_left_usd is None else max(0.0, req.budget_left_usd)
+            budget = Budget(cap, whole_calls=True)  # a call whose worst case does not fit is never sent
             k = max(1, req.parallel_samples)
-            usage = Usage()
             samples: list[_Sample] = []
             winner: _Sample | None = None
             llm_errors: list[LLMError] = []
-            tasks = [asyncio.create_task(self.client.complete(system, messages)) for _ in range(k)]
+            tasks = [
+                asyncio.create_task(self.client.complete(system, messages, budget=budget)) for _ in range(k)
+            ]
             try:
                 for fut in asyncio.as_completed(tasks):
                     try:
@@ -87,7 +95,6 @@ class LLMImplementer:
                     except LLMError as e:  # one failed sample does not sink the others
                         llm_errors.append(e)
                         continue
-                    usage += comp.usage
                     cut_off = comp.finish_reason in CUT_OFF_REASONS
                     sample = await asyncio.to_thread(self._evaluate, comp.text, env, current, Path(tmp), cut_off)
                     samples.append(sample)
@@ -97,9 +104,15 @@ class LLMImplementer:
             finally:
                 for t in tasks:
                     t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await asyncio.gather(*tasks, return_exceptions=True)  # cancelled calls are charged here
+        usage = budget.usage  # completed calls as reported, cancelled ones estimated
         if not samples and llm_errors:
-            raise llm_errors[0]
+            refused = [e for e in llm_errors if isinstance(e, BudgetExhausted)]
+            if not refused:
+                raise llm_errors[0]
+            return Implementation(
+                applies=False, category="budget_exhausted", error=str(refused[0])[:MAX_ERROR_CHARS], usage=usage
+            )
         transcript = self._transcript(req, system, user, samples, usage, store)
         if winner is not None:
             ref = store.put_text(winner.diff, kind="diff")
@@ -108,33 +121,22 @@ class LLMImplementer:
             )
         cats = {s.category for s in samples}
         category = "protected_file_touched" if cats == {"protected_file_touched"} else "patch_failed"
-        error = self._combined_error(samples)
-        raw = samples[0].raw if samples else ""
-        ref = store.put_text(raw, kind="diff") if raw.strip() else None
-        return Implementation(
-            diff=ref, applies=False, error=error, category=category, usage=usage, transcript=transcript
-        )
-
-    # -- prompt -------------------------------------------------------------------------------------------
-
-    def _prompt(self, req: ImplementRequest, env: ResearchEnv, current: Path, store: ObjectStore) -> str:
-        revision = ""
-        if req.previous_error:
-            previous = store.get_text(req.previous_diff) if req.previous_diff else "(not available)"
-            revision = render(
-                "implement_revision", previous=previous[:20_000], error=req.previous_error[:MAX_ERROR_CHARS]
+        failed = [
+            SampleAttempt(
+                reply=store.put_text(s.raw, kind="reply") if s.raw.strip() else None,
+                error=(s.error or "unknown error")[:MAX_ERROR_CHARS],
+                category=s.category,  # type: ignore[arg-type]
             )
-        return render(
-            "implement_user",
-            title=req.idea.title,
-            text=req.idea.text,
-            env_name=env.spec.name,
-            metric=env.spec.metric,
-            direction_text=direction_text(env),
-            editable=", ".join(env.spec.editable_files),
-            protected=", ".join(env.spec.protected_files) or "none",
-            files=render_files(read_editable(env, current)),
-            revision=revision,
+            for s in samples
+        ]
+        return Implementation(
+            diff=failed[0].reply if failed else None,
+            applies=False,
+            error=self._combined_error(samples),
+            category=category,
+            usage=usage,
+            transcript=transcript,
+            samples=failed,
         )
 
     # -- one sample ---------------------------------------------------------------------------------------

@@ -496,13 +496,8 @@ def _idea_metrics(req: RecordIdeaRequest) -> list[tuple[str, float, int]]:
     if s.confirmed_metrics:
         pts += [("confirmed_metric", v, i) for i, v in enumerate(s.confirmed_metrics)]
     u = out.usage
-    pts += [
-        ("orchestration_s", out.orchestration_s, 0),
-        ("llm_calls", float(u.calls), 0),
-        ("input_tokens", float(u.input_tokens), 0),
-        ("output_tokens", float(u.output_tokens), 0),
-        ("cost_usd", u.cost_usd, 0),
-    ]
+    pts.append(("orchestration_s", out.orchestration_s, 0))
+    pts += [(k, v, 0) for k, v in u.metrics().items()]  # cached, reasoning, cancelled tokens included
     pts += [(k, v, 0) for k, v in s.device_time.metrics().items()]  # every training attempt, failed ones too
     return pts
 

@@ -27,7 +27,8 @@ When the script queue is empty the server answers in **smart mode** (``smart=Tru
   as the prompt asks for (``Return exactly N ideas: K that improve`` in ideaforge's prompt), the first K citing
   the parent ids found as ``[id: ...]`` in the prompt;
 - an implementation prompt (system prompt mentions ``<<<<<<< SEARCH``) gets one SEARCH/REPLACE block for the
-  files shown as ``<file path="...">...</file>``: it scales the first float assignment (``NAME = 0.01``, occurring
+  files shown as ``<file path="...">...</file>`` (system prompt and messages; a later block of a path replaces an
+  earlier one): it scales the first float assignment (``NAME = 0.01``, occurring
   once in its file; factor 0.8, 0.5, 1.25, 0.9 or 1.1 by request count), else adds a comment after the first
   unique line of the first file.
   ``implement_fn(path, content, prompt) -> str`` replaces that behaviour (return the whole reply text).
@@ -420,7 +421,7 @@ class FakeLLMServer:
             self._counter += 1
             counter = self._counter
         if "<<<<<<< SEARCH" in req.system:
-            return FakeReply(text=self._smart_implement(req.prompt, counter))
+            return FakeReply(text=self._smart_implement(req.prompt, counter, req.system))
         if '"ideas"' in req.system or '"ideas"' in req.prompt:
             return FakeReply(text=self._smart_ideas(req.prompt, counter))
         return FakeReply(text="I am a fake model.")
@@ -445,8 +446,11 @@ class FakeLLMServer:
             )
         return json.dumps({"ideas": ideas})
 
-    def _smart_implement(self, prompt: str, counter: int = 0) -> str:
-        files = re.findall(r'<file path="([^"]+)">\n(.*?)</file>', prompt, re.S)
+    def _smart_implement(self, prompt: str, counter: int = 0, system: str = "") -> str:
+        # files in the system prompt (the baseline) first; a later block of the same path (the editable file
+        # as it is now, in the user message) replaces it
+        found = re.findall(r'<file path="([^"]+)">\n(.*?)</file>', system + "\n" + prompt, re.S)
+        files = list(dict(found).items())
         if not files:
             return "I cannot see any file to edit."
         if self.implement_fn:
