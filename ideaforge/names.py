@@ -16,6 +16,7 @@ DESCRIBE_ENV = "describe_env"
 IDEATE = "ideate"
 IMPLEMENT = "implement"
 PACKAGE = "package"
+PREFLIGHT = "preflight"  # compile + the env's first training step on the CPU, before a training slot is taken
 RUN_EXPERIMENT = "run_experiment"
 RECORD_IDEA = "record_idea"
 RECORD_EPOCH = "record_epoch"

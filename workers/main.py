@@ -17,6 +17,7 @@ import signal
 
 from ideaforge.activities.campaign import CampaignActivities
 from ideaforge.activities.experiment import ExperimentActivities
+from ideaforge.activities.preflight import PreflightActivities
 from ideaforge.workflows.campaign import CampaignWorkflow
 from ideaforge.workflows.idea import IdeaWorkflow
 from temporalio.client import Client
@@ -60,11 +61,12 @@ def build_workers(client: Client, settings: Settings, queues: list[str], slots: 
         )
     if names.CPU_QUEUE in queues:
         acts = CampaignActivities(settings, store)
+        checks = PreflightActivities(settings, store)  # CPU checks of patched code: never a training slot
         workers.append(
             Worker(
                 client,
                 task_queue=names.CPU_QUEUE,
-                activities=acts.all(),
+                activities=[*acts.all(), checks.preflight],
                 max_concurrent_activities=16,
                 identity=identity,
             )

@@ -1,0 +1,162 @@
+"""The CPU preflight of patched code (ideaforge.run.preflight) on the toy env, in the real sandbox: what passes,
+what fails (with a bounded traceback free of host paths), what is only inconclusive, and the activity."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+from ideaforge.activities.preflight import PreflightActivities
+from ideaforge.research_envs.registry import load_env
+from temporalio.testing import ActivityEnvironment
+
+from ideaforge.config import Settings
+from ideaforge.models import ArtifactRef, EnvSpec, PreflightRequest, PreflightResult
+from ideaforge.patch.package import pack_tree
+from ideaforge.run.preflight import Preflight
+from ideaforge.run.runner import ExperimentRunner
+from ideaforge.store.artifacts import LocalStore
+
+ENVS = Path(__file__).resolve().parent / "fixtures" / "envs"
+TOY = load_env("toy_quad", [ENVS])
+STEP = "        loss = objective(w)\n"
+# crashes when train.py is imported (before any step), at the first step, at the third step
+CRASH_AT_IMPORT = {"train.py": ("from data import START, TARGET, objective\n", "from data import START, TARGET, objective\nimport no_such_module\n")}
+CRASH_AT_STEP = {"train.py": (STEP, STEP + "        raise ValueError(f'bad shape at step {step}')\n")}
+CRASH_LATE = {"train.py": (STEP, STEP + "        if step > 2:\n            raise ValueError('late')\n")}
+NO_COMPILE = {"train.py": ("MOMENTUM = 0.0\n", "MOMENTUM = = 0.0\n")}
+HANG = {"train.py": ("def main() -> None:\n", "def main() -> None:\n    import time; time.sleep(600)\n")}
+
+
+def edited(tmp: Path, edits: dict[str, tuple[str, str]], env_root: Path = TOY.baseline) -> Path:
+    tree = tmp / f"tree-{len(list(tmp.glob('tree-*')))}"
+    shutil.copytree(env_root, tree, ignore=shutil.ignore_patterns("__pycache__"))
+    for rel, (old, new) in edits.items():
+        text = (tree / rel).read_text()
+        assert old in text, (rel, old)
+        (tree / rel).write_text(text.replace(old, new, 1))
+    return tree
+
+
+class Rig:
+    def __init__(self, tmp: Path, envs: list[Path] | None = None) -> None:
+        self.tmp = tmp
+        self.settings = Settings(home=tmp / "home", env_paths=envs or [ENVS], train_slots=1)
+        self.store = LocalStore(tmp / "artifacts")
+        self.preflight = Preflight(ExperimentRunner(self.settings, self.store, grace_s=0.5))
+
+    def code(self, edits: dict[str, tuple[str, str]] | None = None) -> ArtifactRef:
+        return self.store.put_bytes(pack_tree(edited(self.tmp, edits or {})), "code")
+
+    def check(self, edits=None, profile: str = "default") -> PreflightResult:
+        req = PreflightRequest(campaign="t", idea_id="campaign-t/e000/i00", env="toy_quad", code=self.code(edits),
+                               profile=profile)
+        return self.preflight.check(req)
+
+
+@pytest.fixture
+def rig(tmp_path) -> Rig:
+    return Rig(tmp_path)
+
+
+def test_unchanged_and_good_code_pass(rig):
+    res = rig.check({"train.py": ("MOMENTUM = 0.0\n", "MOMENTUM = 0.5\n")})
+    assert res.status == "passed" and res.stage == "run" and res.error is None
+    assert res.checked_files == ["train.py"]
+    assert res.cost.runs == 1 and res.cost.failures == 0 and res.cost.wall_s > 0 and res.cost.cpu_s > 0
+    assert res.cost.saved_train_s == 0
+    assert not list((rig.settings.home / "work").iterdir())  # nothing left behind
+
+
+def test_crash_at_import_fails_with_a_scrubbed_bounded_traceback(rig):
+    res = rig.check(CRASH_AT_IMPORT)
+    assert res.status == "failed" and res.stage == "run"
+    assert "ModuleNotFoundError: No module named 'no_such_module'" in res.error
+    assert 'File "train.py", line' in res.error  # the attempt's path is gone from the traceback
+    for host in (str(rig.settings.home), str(rig.tmp), "/work/", ".venv"):
+        assert host not in res.error
+    assert len(res.error) <= 3200
+    # a caught crash saves a training slot: toy_quad declares no expected time, so its time limit stands in
+    assert res.cost.failures == 1 and res.cost.saved_train_s == 5 and res.cost.saved_basis == "time_limit_s"
+
+
+def test_crash_at_the_first_step_fails(rig):
+    res = rig.check(CRASH_AT_STEP)
+    assert res.status == "failed" and "ValueError: bad shape at step 1" in res.error
+
+
+def test_crash_after_the_preflight_steps_is_not_caught(rig):
+    """The preflight runs two steps only: a crash at step 3 is left to training (not a false alarm)."""
+    assert rig.check(CRASH_LATE).status == "passed"
+
+
+def test_code_that_does_not_compile_fails_before_anything_runs(rig):
+    res = rig.check(NO_COMPILE)
+    assert res.status == "failed" and res.stage == "compile"
+    assert "does not compile" in res.error and 'File "train.py", line 12' in res.error and "SyntaxError" in res.error
+
+
+def test_running_out_of_time_is_inconclusive_not_a_failure(tmp_path):
+    envs = tmp_path / "envs"
+    shutil.copytree(TOY.root, envs / "toy_quad", ignore=shutil.ignore_patterns("__pycache__"))
+    toml = envs / "toy_quad" / "env.toml"
+    toml.write_text(toml.read_text().replace("time_limit_s = 30", "time_limit_s = 1.5"))
+    res = Rig(tmp_path, [envs]).check(HANG)
+    assert res.status == "inconclusive" and res.cost.inconclusive == 1 and res.cost.failures == 0
+    assert "ran out of time" in res.error
+
+
+def test_stop_at_step_ends_a_long_run_early(tmp_path):
+    """``stop_at_step``: the run is stopped (and passes) once training reports that step."""
+    envs = tmp_path / "envs"
+    shutil.copytree(TOY.root, envs / "toy_quad", ignore=shutil.ignore_patterns("__pycache__"))
+    toml = envs / "toy_quad" / "env.toml"
+    toml.write_text(toml.read_text().replace(
+        'env = { IDEAFORGE_STEPS = "2" }', 'env = { IDEAFORGE_STEPS = "100000", TOY_STEP_SLEEP = "0.5" }\nstop_at_step = 2'
+    ))
+    res = Rig(tmp_path, [envs]).check()
+    assert res.status == "passed" and res.cost.wall_s < 20  # 100,000 steps of 0.5 s would never end
+
+
+def test_an_env_without_a_preflight_only_compiles(tmp_path):
+    envs = tmp_path / "envs"
+    shutil.copytree(TOY.root, envs / "toy_quad", ignore=shutil.ignore_patterns("__pycache__"))
+    toml = envs / "toy_quad" / "env.toml"
+    text = toml.read_text()
+    start = text.index("[preflight]")
+    toml.write_text(text[:start] + text[text.index("[profiles.default]"):])
+    r = Rig(tmp_path, [envs])
+    assert r.check(CRASH_AT_IMPORT).status == "passed"  # nothing runs
+    res = r.check(NO_COMPILE)
+    assert res.status == "failed" and res.stage == "compile"
+
+
+def test_preflight_spec_is_validated():
+    base = TOY.spec.model_dump()
+    with pytest.raises(ValueError, match="not a profile"):
+        EnvSpec.model_validate({**base, "preflight": {"profile": "nope"}})
+    with pytest.raises(ValueError, match="must start with"):
+        EnvSpec.model_validate({**base, "preflight": {"command": ["bash", "-c", "true"]}})
+    gpu = {**base, "resources": {"device": "gpu", "gpu_type": "h100"}, "preflight": {"profile": "smoke"}}
+    with pytest.raises(ValueError, match="must run on the CPU"):
+        EnvSpec.model_validate(gpu)
+
+
+def test_every_env_declares_a_cpu_preflight():
+    from ideaforge.research_envs.registry import available_envs  # noqa: PLC0415
+
+    names = available_envs([ENVS])
+    assert {"toy_quad", "tiny_gpt", "tiny_grpo", "nanogpt_speedrun", "grpo_math"} <= set(names)
+    for name in names:
+        spec = load_env(name, [ENVS]).spec
+        assert spec.preflight is not None, name
+        assert spec.resources_for(spec.preflight.profile).device == "cpu"
+
+
+def test_the_activity_runs_it(rig):
+    acts = PreflightActivities(rig.settings, rig.store)
+    req = PreflightRequest(campaign="t", idea_id="campaign-t/e000/i00", env="toy_quad", code=rig.code(CRASH_AT_STEP))
+    res = asyncio.run(ActivityEnvironment().run(acts.preflight, req))
+    assert res.status == "failed" and "bad shape" in res.error
