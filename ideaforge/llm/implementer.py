@@ -121,9 +121,8 @@ class LLMImplementer:
         revision = ""
         if req.previous_error:
             previous = store.get_text(req.previous_diff) if req.previous_diff else "(not available)"
-            revision = render(
-                "implement_revision", previous=previous[:20_000], error=req.previous_error[:MAX_ERROR_CHARS]
-            )
+            template = "implement_preflight" if req.previous_category == "preflight_failed" else "implement_revision"
+            revision = render(template, previous=previous[:20_000], error=req.previous_error[:MAX_ERROR_CHARS])
         return render(
             "implement_user",
             title=req.idea.title,
