@@ -19,7 +19,15 @@ from mlflow.tracking import MlflowClient
 from ideaforge import names
 from ideaforge.cli import campaigns
 from ideaforge.config import Settings
-from ideaforge.models import CampaignConfig, CampaignResult, Idea, IdeaInput, IdeaOutcome, ProviderConfig, RunRequest
+from ideaforge.models import (
+    CampaignConfig,
+    CampaignResult,
+    Idea,
+    IdeaInput,
+    IdeaOutcome,
+    ProviderConfig,
+    RunRequest,
+)
 from ideaforge.names import experiment_name, idea_id
 from ideaforge.run.runner import ExperimentRunner
 from ideaforge.store.artifacts import open_store

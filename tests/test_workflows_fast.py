@@ -214,9 +214,11 @@ async def run_campaign(
     real = CampaignActivities(Settings(home=tmp / "home", env_paths=FIXTURES), store)
     acts = stubs.activities(real)
     train = [a for a in acts if a.__name__ == "run_experiment"]
+    checks = [a for a in acts if a.__name__ == "preflight"]
     workers = [
         Worker(client, task_queue=names.ORCHESTRATOR_QUEUE, workflows=[CampaignWorkflow, IdeaWorkflow]),
-        Worker(client, task_queue=names.CPU_QUEUE, activities=[a for a in acts if a not in train]),
+        Worker(client, task_queue=names.CPU_QUEUE, activities=[a for a in acts if a not in train + checks]),
+        Worker(client, task_queue=names.PREFLIGHT_QUEUE, activities=checks),
         Worker(
             client,
             task_queue=stubs.spec.resources_for(cfg.profile).task_queue,
@@ -224,7 +226,7 @@ async def run_campaign(
             max_concurrent_activities=stubs.slots,
         ),
     ]
-    async with workers[0], workers[1], workers[2]:
+    async with workers[0], workers[1], workers[2], workers[3]:
         handle = await client.start_workflow(
             CampaignWorkflow.run,
             CampaignInput(config=cfg),

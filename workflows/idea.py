@@ -2,7 +2,7 @@
 record.
 
 A diff that does not apply, or whose package crashes in the CPU preflight (compile, the env's first training
-steps; activity ``preflight`` on the ``cpu`` queue), goes back to the implementer with the error (<= max_revisions
+steps; activity ``preflight`` on the sandboxed ``preflight`` queue), goes back to the implementer with the error (<= max_revisions
 revisions); after the last one the idea is a failed result (``patch_failed`` / ``preflight_failed``) that never
 reached a training slot. Histories from before the preflight (no ``preflight-before-training`` marker) replay
 the old sequence: implement (revising on patch failure) -> package -> run.
@@ -227,12 +227,14 @@ class IdeaWorkflow:
                     campaign=inp.campaign, idea_id=inp.idea.idea_id, env=inp.spec.name, code=code, profile=inp.profile
                 ),
                 result_type=PreflightResult,
-                task_queue=names.CPU_QUEUE,
+                task_queue=names.PREFLIGHT_QUEUE,
+                # no preflight worker for this long (an old deployment): train unchecked rather than wait forever
+                schedule_to_start_timeout=timedelta(minutes=30),
                 start_to_close_timeout=PREFLIGHT_TIMEOUT,
                 heartbeat_timeout=timedelta(seconds=60),
                 retry_policy=CPU_RETRY,
             )
-        except ActivityError as e:  # no sandbox on the cpu worker, an old worker without the activity...
+        except ActivityError as e:  # no preflight worker, its sandbox broke, an old worker without the activity
             workflow.logger.warning("preflight of %s could not run (%s: %s); training it unchecked", inp.idea.idea_id, e, e.cause)
             return None
 
