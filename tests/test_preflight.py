@@ -160,3 +160,20 @@ def test_the_activity_runs_it(rig):
     req = PreflightRequest(campaign="t", idea_id="campaign-t/e000/i00", env="toy_quad", code=rig.code(CRASH_AT_STEP))
     res = asyncio.run(ActivityEnvironment().run(acts.preflight, req))
     assert res.status == "failed" and "bad shape" in res.error
+
+
+def test_a_preflight_broken_on_the_worker_never_blames_the_change(tmp_path):
+    """When the env's preflight fails on the unchanged baseline too (a package missing on this worker), a failing
+    change is inconclusive (it trains), not sent back for revision; the baseline's verdict is remembered."""
+    envs = tmp_path / "envs"
+    shutil.copytree(TOY.root, envs / "toy_quad", ignore=shutil.ignore_patterns("__pycache__"))
+    toml = envs / "toy_quad" / "env.toml"
+    toml.write_text(toml.read_text().replace(
+        'env = { IDEAFORGE_STEPS = "2" }', 'env = { IDEAFORGE_STEPS = "2" }\ncommand = ["{python}", "-c", "import some_missing_wheel"]'
+    ))
+    r = Rig(tmp_path, [envs])
+    res = r.check(CRASH_AT_IMPORT)
+    assert res.status == "inconclusive" and res.cost.failures == 0 and res.cost.saved_train_s == 0
+    assert "also fails on the unchanged baseline" in res.error and "some_missing_wheel" in res.error
+    assert r.preflight._baseline_checked["toy_quad"][0] is not None
+    assert r.check(CRASH_AT_STEP).status == "inconclusive"  # remembered: no second baseline run needed

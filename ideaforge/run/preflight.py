@@ -17,6 +17,7 @@ import logging
 import shutil
 import sys
 import threading
+import time
 import uuid
 import zipfile
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from ideaforge.store.artifacts import StorageError
 log = logging.getLogger(__name__)
 
 COMPILE_TIMEOUT_S = 60.0
+BASELINE_RECHECK_S = 600.0  # a worker whose preflight failed on the baseline tries the baseline again after this
 MAX_ERROR_CHARS = 3000  # what goes back to the implementer (the revision prompt quotes it)
 # compiles the files named on the command line; never imports or runs them
 _COMPILE = (
@@ -84,6 +86,17 @@ class _StopAt:
         return self.reached.is_set() or self.cancelled
 
 
+def _limit_hit(res: SandboxResult) -> str | None:
+    """The limit that stopped a command (time, memory, output), or None."""
+    if res.timed_out or res.cpu_limited:
+        return "time"
+    if res.memory_limited:
+        return "memory"
+    if res.output_limited or res.write_limited:
+        return "output"
+    return None
+
+
 def changed_python_files(code: Path, env: ResearchEnv) -> list[str]:
     """Python files of the unpacked package that are new or differ from the env's baseline (sorted)."""
     out = []
@@ -114,6 +127,8 @@ class Preflight:
         self.runner = runner
         self.threads = threads
         self.grace_s = grace_s
+        self._baseline_lock = threading.Lock()
+        self._baseline_checked: dict[str, tuple[str | None, float]] = {}  # env -> (why it fails, when checked)
 
     def check(self, req: PreflightRequest, cancel: Cancellable | None = None) -> PreflightResult:
         """Compile, then run the env's preflight; blocking (call it from a thread). See the module docstring."""
@@ -169,6 +184,30 @@ class Preflight:
 
         if not self.runner.prepare(env, pf.profile, stop):
             raise RunCancelled(f"{req.idea_id}: preflight cancelled while preparing the env")
+        res = self._run_stage(env, pf, dirs, stop)
+        cost = self._add(cost, res)
+        if stop.cancelled:
+            raise RunCancelled(f"{req.idea_id}: preflight cancelled")
+        if stop.reached.is_set() or res.ok:
+            return PreflightResult(status="passed", stage="run", checked_files=files, cost=cost)
+        limit = _limit_hit(res)
+        if limit:
+            cost.inconclusive = 1
+            why = f"the preflight ran out of {limit} on the CPU ({res.wall_s:.0f}s): inconclusive, the code trains"
+            log.info("%s: %s", req.idea_id, why)
+            return PreflightResult(status="inconclusive", stage="run", error=why, checked_files=files, cost=cost)
+        tail = self._scrub(error_tail(dirs.run_log), dirs)
+        broken = self._baseline_failure(env, pf, cancel)
+        if broken is not None:  # the env's preflight is broken on this worker: not the change's fault
+            cost.inconclusive = 1
+            why = f"the env's preflight also fails on the unchanged baseline on this worker: {broken}"
+            log.error("%s: %s; the code trains unchecked", req.idea_id, why)
+            return PreflightResult(status="inconclusive", stage="run", error=why, checked_files=files, cost=cost)
+        msg = f"the patched code exited with {res.returncode} in the first training steps on the CPU:\n{tail}"
+        return self._failed(req, env, "run", msg, cost, files)
+
+    def _run_stage(self, env: ResearchEnv, pf: PreflightSpec, dirs: _Dirs, stop: _StopAt) -> SandboxResult:
+        """The env's preflight command on the unpacked code in ``dirs``, in the training sandbox, on the CPU."""
 
         def on_line(line: str) -> None:  # sandbox thread: stop once training reports the step we wait for
             if pf.stop_at_step is None or not is_protocol_line(line):
@@ -179,9 +218,8 @@ class Preflight:
                 if isinstance(step, int | float) and step >= pf.stop_at_step:
                     stop.reached.set()
 
-        train_res = spec.resources_for(pf.profile)
-        res = self._sandboxed(
-            pf.command or spec.run_command,
+        return self._sandboxed(
+            pf.command or env.spec.run_command,
             Box(
                 cwd=dirs.code,
                 writable=[dirs.code, dirs.out],
@@ -192,7 +230,7 @@ class Preflight:
                 wall_s=pf.time_limit_s,
                 cpu_s=pf.time_limit_s * max(1, self.threads) * 2,
                 memory_bytes=pf.memory_limit_mb * MB,
-                max_pids=train_res.max_processes,
+                max_pids=env.spec.resources_for(pf.profile).max_processes,
                 output_bytes=4 * MB,
                 file_bytes=1024 * MB,
                 write_bytes=1024 * MB,
@@ -201,25 +239,31 @@ class Preflight:
             stop,
             on_line=on_line,
         )
-        cost = self._add(cost, res)
-        if stop.cancelled:
-            raise RunCancelled(f"{req.idea_id}: preflight cancelled")
-        if stop.reached.is_set() or res.ok:
-            return PreflightResult(status="passed", stage="run", checked_files=files, cost=cost)
-        limit = (
-            "time" if res.timed_out or res.cpu_limited
-            else "memory" if res.memory_limited
-            else "output" if (res.output_limited or res.write_limited)
-            else None
-        )
-        if limit:
-            cost.inconclusive = 1
-            why = f"the preflight ran out of {limit} on the CPU ({res.wall_s:.0f}s): inconclusive, the code trains"
-            log.info("%s: %s", req.idea_id, why)
-            return PreflightResult(status="inconclusive", stage="run", error=why, checked_files=files, cost=cost)
-        tail = self._scrub(error_tail(dirs.run_log), dirs)
-        msg = f"the patched code exited with {res.returncode} in the first training steps on the CPU:\n{tail}"
-        return self._failed(req, env, "run", msg, cost, files)
+
+    def _baseline_failure(self, env: ResearchEnv, pf: PreflightSpec, cancel: Cancellable | None) -> str | None:
+        """Why the env's preflight fails on the unchanged baseline on this worker, or None when it does not.
+
+        Asked only after a change failed, so a worker whose preflight is broken (a missing package, unreadable
+        data) never blames the change. A pass is remembered for the process; a failure for BASELINE_RECHECK_S."""
+        with self._baseline_lock:
+            known = self._baseline_checked.get(env.spec.name)
+            if known is not None and (known[0] is None or time.monotonic() - known[1] < BASELINE_RECHECK_S):
+                return known[0]
+            dirs = _Dirs(self.runner.settings.home / "work" / f"preflight-baseline-{uuid.uuid4().hex[:8]}")
+            try:
+                dirs.out.mkdir(parents=True)
+                shutil.copytree(env.baseline, dirs.code, ignore=shutil.ignore_patterns("__pycache__"))
+                remove_files(dirs.code, env.spec.eval_only_files)
+                stop = _StopAt(cancel)
+                res = self._run_stage(env, pf, dirs, stop)
+                if stop.cancelled:
+                    raise RunCancelled("preflight cancelled while checking the baseline")
+                failed = not (stop.reached.is_set() or res.ok or _limit_hit(res))
+                why = self._scrub(error_tail(dirs.run_log), dirs)[-1000:] if failed else None
+            finally:
+                shutil.rmtree(dirs.root, ignore_errors=True)
+            self._baseline_checked[env.spec.name] = (why, time.monotonic())
+            return why
 
     # ------------------------------------------------------------------ helpers
 
