@@ -36,15 +36,18 @@ ENV_PATHS = [ROOT / "tests" / "fixtures" / "envs"]
 
 
 def variant(env: ResearchEnv, tmp: Path, crash: bool) -> Path:
-    """The baseline with its first offline knob changed (a one-line change); ``crash`` adds a bad import."""
+    """The baseline with its first offline knob changed (a one-line change); ``crash`` also imports a module
+    that is not installed (the file's first import), so it crashes at import, before any training step."""
     tree = tmp / f"tree-{len(list(tmp.glob('tree-*')))}"
     shutil.copytree(env.baseline, tree, ignore=shutil.ignore_patterns("__pycache__"))
     knob = env.spec.offline.knobs[0]
     path = tree / knob.file
     text = re.sub(knob.pattern, lambda m: m.group(0).replace(m.group(1), str(knob.values[0])), path.read_text(),
                   count=1, flags=re.M)
-    if crash:
-        text = "import no_such_module_for_the_bench\n" + text
+    if crash:  # a module the code imports but nobody installed, before its first import (after __future__)
+        m = re.search(r"^(import |from (?!__future__))", text, flags=re.M)
+        at = m.start() if m else 0
+        text = text[:at] + "import no_such_module_for_the_bench\n" + text[at:]
     path.write_text(text)
     return tree
 

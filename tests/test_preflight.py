@@ -177,3 +177,39 @@ def test_a_preflight_broken_on_the_worker_never_blames_the_change(tmp_path):
     assert "also fails on the unchanged baseline" in res.error and "some_missing_wheel" in res.error
     assert r.preflight._baseline_checked["toy_quad"][0] is not None
     assert r.check(CRASH_AT_STEP).status == "inconclusive"  # remembered: no second baseline run needed
+
+
+# ----------------------------------------------------------------------------- the real envs (torch, transformers)
+MLP = "        return self.out(F.gelu(self.fc(x)))\n"
+REAL_CASES = {  # env -> (a one-line change that runs, a change that crashes in the first training step)
+    "tiny_gpt": ({"model.py": (MLP, "        return self.out(F.relu(self.fc(x)).square())\n")},
+                 {"model.py": (MLP, "        return self.out(F.gelu(self.fc(x)).transpose(1, 2))\n")}),
+    "tiny_grpo": ({"grpo.py": ("CLIP_EPS = 0.2", "CLIP_EPS = 0.3")},
+                  {"grpo.py": ("    loss = -surrogate.mean()\n", "    loss = -surrogate.mean(dim=5)\n")}),
+    "nanogpt_speedrun": ({"model.py": (MLP, "        return self.out(F.relu(self.fc(x)).square())\n")},
+                         {"model.py": (MLP, "        return self.out(F.gelu(self.fc(x)).transpose(1, 2))\n")}),
+    "grpo_math": ({"grpo.py": ("CLIP_RANGE = 0.2\n", "CLIP_RANGE = 0.28\n")},
+                  {"grpo.py": ("    grouped = rewards.view(-1, GROUP_SIZE)\n", "    grouped = rewards.view(-1, GROUP_SIZE).sum(dim=7)\n")}),
+}
+
+
+@pytest.mark.slow  # imports torch (and transformers) in the sandbox: 10-60 s each on a loaded 2-core machine
+@pytest.mark.parametrize("name", sorted(REAL_CASES))
+def test_the_real_envs_preflight_on_cpu_passes_good_code_and_catches_a_first_step_crash(name, tmp_path):
+    """The GPU envs too: their preflight runs the smoke path on the CPU (no GPU), so a crash is caught."""
+    env = load_env(name)
+    settings = Settings(home=tmp_path / "home", train_slots=1)
+    store = LocalStore(tmp_path / "artifacts")
+    pre = Preflight(ExperimentRunner(settings, store, grace_s=0.5))
+    good, bad = REAL_CASES[name]
+
+    def check(edits) -> PreflightResult:
+        code = store.put_bytes(pack_tree(edited(tmp_path, edits, env.baseline)), "code")
+        return pre.check(PreflightRequest(campaign="t", idea_id="campaign-t/e000/i00", env=name, code=code))
+
+    ok = check(good)
+    assert ok.status == "passed", ok
+    res = check(bad)
+    assert res.status == "failed" and res.stage == "run", res
+    assert "Error" in res.error and str(tmp_path) not in res.error
+    assert pre._baseline_checked[name][0] is None  # the baseline passed: the change is to blame

@@ -286,7 +286,6 @@ class Preflight:
             "IDEAFORGE_DATA": str(self.runner.data.train_dir(env, pf.profile)),
             "IDEAFORGE_DEVICE": "cpu",
             "CUDA_VISIBLE_DEVICES": "",
-            "IDEAFORGE_PREFLIGHT": "1",
         }
 
     def _sandboxed(
