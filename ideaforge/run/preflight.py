@@ -150,8 +150,11 @@ class Preflight:
         dirs.out.mkdir(parents=True)
         try:
             unpack_code(zip_bytes, dirs.code)
-        except (ValueError, zipfile.BadZipFile, OSError) as e:
-            return self._failed(req, env, "compile", f"the code package cannot be unpacked: {e}", PreflightCost())
+        except (ValueError, zipfile.BadZipFile, OSError) as e:  # our own package: not the change's fault
+            why = f"the code package cannot be unpacked: {e}"
+            log.error("%s: %s", req.idea_id, why)
+            return PreflightResult(status="inconclusive", stage="compile", error=why,
+                                   cost=PreflightCost(runs=1, inconclusive=1))
         shadows = shadowing_files(dirs.code, env.baseline)
         if shadows:
             msg = f"the change adds {shadows}, which would shadow modules the evaluator imports"
