@@ -34,7 +34,7 @@ from ideaforge.store.artifacts import open_store
 from tests.fakes.llm_server import FakeLLMServer
 from tests.harness import running_worker
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration]  # the crash tests take 2-3 s (toy_quad trains in under a second)
 
 KEY_ENV = "IDEAFORGE_TEST_PREFLIGHT_KEY"
 
@@ -144,6 +144,7 @@ def test_a_diff_that_always_crashes_is_a_failed_idea_that_never_trained(
     assert run.data.tags["ideaforge.category"] == "preflight_failed"
 
 
+@pytest.mark.slow  # 55-200 s on this 2-core machine
 def test_an_80_idea_epoch_goes_through_the_campaign_with_the_preflight(
     served_settings: Settings, temporal_env, trained, monkeypatch
 ) -> None:
