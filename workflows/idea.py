@@ -2,9 +2,9 @@
 record.
 
 A diff that does not apply, or whose package crashes in the CPU preflight (compile, the env's first training
-steps; activity ``preflight`` on the sandboxed ``preflight`` queue), goes back to the implementer with the error (<= max_revisions
-revisions); after the last one the idea is a failed result (``patch_failed`` / ``preflight_failed``) that never
-reached a training slot. Histories from before the preflight (no ``preflight-before-training`` marker) replay
+steps; activity ``preflight`` on the sandboxed ``preflight`` queue), goes back to the implementer with the error
+(<= max_revisions revisions); after the last one the idea is a failed result (``patch_failed`` /
+``preflight_failed``) that never reached a training slot. Histories from before the preflight (no ``preflight-before-training`` marker) replay
 the old sequence: implement (revising on patch failure) -> package -> run.
 
 Failures of the idea itself (no diff applies, crash, timeout, NaN, protected file) are results with a category;
