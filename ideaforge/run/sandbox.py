@@ -213,12 +213,21 @@ _HOSTS = f"127.0.0.1\tlocalhost {SANDBOX_HOSTNAME}\n::1\tlocalhost ip6-localhost
 def hosts_file() -> str:
     """An /etc/hosts for the sandbox that resolves its own hostname to its loopback (torchrun's rendezvous and
     anything else that looks itself up would otherwise wait on name resolution), written once per process."""
+    import atexit
     import tempfile
 
     fd, path = tempfile.mkstemp(prefix="ideaforge-hosts-")
     with os.fdopen(fd, "w") as f:
         f.write(_HOSTS)
     os.chmod(path, 0o644)
+
+    def remove() -> None:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+    atexit.register(remove)
     return path
 
 
