@@ -213,3 +213,17 @@ def test_the_real_envs_preflight_on_cpu_passes_good_code_and_catches_a_first_ste
     assert res.status == "failed" and res.stage == "run", res
     assert "Error" in res.error and str(tmp_path) not in res.error
     assert pre._baseline_checked[name][0] is None  # the baseline passed: the change is to blame
+
+
+def test_the_sandbox_resolves_its_own_hostname_without_a_network(tmp_path):
+    """torchrun's rendezvous (the nanogpt_speedrun preflight and smoke runs) looks the host up by name."""
+    import sys
+
+    from ideaforge.run.sandbox import Box, Limits, run_sandboxed, scrubbed_env
+
+    log = tmp_path / "log"
+    code = "import socket; print(socket.gethostname(), socket.gethostbyname(socket.gethostname()))"
+    res = run_sandboxed([sys.executable, "-c", code], Box(cwd=tmp_path, writable=[tmp_path]), scrubbed_env({}),
+                        Limits(wall_s=30), log_path=log)
+    assert res.returncode == 0, log.read_text()
+    assert log.read_text().split() == ["sandbox", "127.0.0.1"]
