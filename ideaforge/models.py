@@ -31,6 +31,7 @@ FailureCategory = Literal[
     "output_limit",
     "llm_failed",
     "budget_exhausted",
+    "preflight_failed",  # the patched code crashed in the CPU preflight on every attempt: never trained
 ]
 
 
@@ -68,6 +69,9 @@ class Resources(Strict):
     max_write_mb: float = Field(8192, gt=0)  # bytes the attempt may write to its own directory
     max_checkpoint_mb: float | None = Field(None, gt=0)  # per checkpoint upload; None: max_write_mb
     heartbeat_timeout_s: float = Field(30, gt=0)
+    # what one training run is expected to take (a wall-clock budget): the slot time a crash caught by the
+    # preflight did not take; None: time_limit_s stands in for it (an upper bound)
+    expected_train_s: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _gpu_needs_type(self) -> Resources:
@@ -188,6 +192,23 @@ class Reward(Strict):
     clip: float = 10.0
 
 
+class PreflightSpec(Strict):
+    """An env's cheap CPU check of patched code before it is queued for training (``[preflight]`` in env.toml).
+
+    The changed Python files are compiled first. Then ``command`` (default: the env's ``run_command``) runs in
+    the training sandbox on the CPU with the variables and prepared data of ``profile`` plus ``env``, under
+    ``time_limit_s``. It passes when it exits 0 or reports training step ``stop_at_step`` (the tree is then
+    stopped); it fails when it exits non-zero on its own. Running out of time or memory is inconclusive: the
+    code goes on to training."""
+
+    profile: str = "smoke"
+    env: dict[str, str] = Field(default_factory=dict)
+    command: list[str] | None = None
+    stop_at_step: int | None = Field(None, ge=1)
+    time_limit_s: float = Field(120, gt=0, le=3600)
+    memory_limit_mb: int = Field(4096, ge=64)
+
+
 class EnvSpec(Strict):
     """A research environment: ``research_envs/<name>/env.toml`` plus ``baseline/``."""
 
@@ -218,6 +239,8 @@ class EnvSpec(Strict):
     # validation set): removed from the training tree, present for prepare and evaluation only
     eval_only_files: list[str] = Field(default_factory=list)
     offline: OfflineCatalogue = Field(default_factory=OfflineCatalogue)
+    # the CPU check before training; None: the changed files are only compiled
+    preflight: PreflightSpec | None = None
 
     @field_validator("name")
     @classmethod
@@ -247,6 +270,14 @@ class EnvSpec(Strict):
             if profile not in self.profiles:
                 raise ValueError(f"resources_by_profile names unknown profile {profile!r}")
             self.resources_for(profile)
+        if self.preflight is not None:
+            pf = self.preflight
+            if pf.profile not in self.profiles:
+                raise ValueError(f"preflight.profile {pf.profile!r} is not a profile: {sorted(self.profiles)}")
+            if self.resources_for(pf.profile).device != "cpu":
+                raise ValueError(f"preflight.profile {pf.profile!r} must run on the CPU (resources_by_profile)")
+            if pf.command is not None and (not pf.command or pf.command[0] != "{python}"):
+                raise ValueError(f"preflight.command must start with '{{python}}': {pf.command}")
         return self
 
     def resources_for(self, profile: str) -> Resources:
@@ -391,6 +422,7 @@ class CampaignConfig(Strict):
     # GPU-hours of training + evaluation (every attempt counted): once the finished ideas have used them, no
     # new idea is planned (ideas in flight finish, so the total can pass it by up to their runs)
     budget_gpu_hours: float | None = Field(None, gt=0)
+    preflight: bool = True  # check patched code on the CPU (env [preflight]) before it takes a training slot
     # scheduling: "steady" starts an idea the moment a training slot frees; "sync" is the paper's generations
     schedule: Schedule = "steady"
     slots: int | None = Field(None, ge=1, le=4096)  # training slots to keep busy (default: the worker's)
@@ -455,6 +487,7 @@ class IdeaSummary(Strict):
     diff: ArtifactRef | None = None
     confirmed_metrics: list[float] = Field(default_factory=list)
     device_time: DeviceTime = Field(default_factory=DeviceTime)  # training + eval, every attempt
+    preflight: PreflightCost | None = None
 
     @classmethod
     def of(cls, idea: Idea, status: IdeaStatus, **result: Any) -> IdeaSummary:
@@ -470,6 +503,32 @@ class IdeaSummary(Strict):
             seed=idea.seed,
             status=status,
             **result,
+        )
+
+
+class PreflightCost(Strict):
+    """What the CPU preflight cost one idea and the training slot time it kept free (sums over its attempts)."""
+
+    runs: int = 0
+    failures: int = 0  # attempts whose patched code crashed in the preflight (each went back for revision)
+    inconclusive: int = 0  # out of time or memory on the CPU: trained anyway
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    # slot time not spent on crashing code: failures x the env's expected training time (or time limit)
+    saved_train_s: float = 0.0
+    saved_device_s: float = 0.0  # saved_train_s x the devices a run holds (GPU-seconds on a GPU env)
+    saved_basis: Literal["expected_train_s", "time_limit_s"] | None = None
+
+    def __add__(self, other: PreflightCost) -> PreflightCost:
+        return PreflightCost(
+            runs=self.runs + other.runs,
+            failures=self.failures + other.failures,
+            inconclusive=self.inconclusive + other.inconclusive,
+            wall_s=self.wall_s + other.wall_s,
+            cpu_s=self.cpu_s + other.cpu_s,
+            saved_train_s=self.saved_train_s + other.saved_train_s,
+            saved_device_s=self.saved_device_s + other.saved_device_s,
+            saved_basis=other.saved_basis or self.saved_basis,
         )
 
 
@@ -565,6 +624,7 @@ class ImplementRequest(Strict):
     previous_diff: ArtifactRef | None = None
     previous_error: str | None = None
     previous_samples: list[SampleAttempt] = Field(default_factory=list)
+    previous_category: FailureCategory | None = None  # preflight_failed: the diff applied but crashed on CPU
     parent_diff: ArtifactRef | None = None
     # what the campaign may still spend on LLM calls (None: no cap); a call whose worst case does not fit is
     # refused before it starts and the round ends with category ``budget_exhausted``
@@ -598,6 +658,24 @@ class Package(Strict):
     model_config = ConfigDict(extra="ignore")
 
     code: ArtifactRef
+
+
+class PreflightRequest(Strict):
+    campaign: str
+    idea_id: str
+    env: str
+    code: ArtifactRef
+    profile: str = "default"  # the training profile: its expected time is what a caught crash saves
+
+
+class PreflightResult(Strict):
+    """How the preflight of one package went; ``error`` is bounded and free of host paths."""
+
+    status: Literal["passed", "failed", "inconclusive"]
+    stage: Literal["compile", "run"] | None = None  # where it failed or stopped
+    error: str | None = None
+    checked_files: list[str] = Field(default_factory=list)
+    cost: PreflightCost = Field(default_factory=PreflightCost)
 
 
 class RunRequest(Strict):
@@ -651,6 +729,7 @@ class IdeaInput(Strict):
     epoch_run_id: str | None = None
     experiment: str
     baseline_metric: float | None = None
+    preflight: bool = True  # check patched code on the CPU before it is queued for training
 
 
 class IdeaOutcome(Strict):
@@ -661,6 +740,7 @@ class IdeaOutcome(Strict):
     run: RunResult | None = None
     error: str | None = None
     orchestration_s: float = 0.0
+    preflight: PreflightCost | None = None
 
 
 class IdeaDone(Strict):

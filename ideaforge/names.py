@@ -10,12 +10,16 @@ from temporalio.common import SearchAttributeIndexedValueType, SearchAttributeKe
 
 ORCHESTRATOR_QUEUE = "orchestrator"
 CPU_QUEUE = "cpu"
+# the CPU check of patched code before training: untrusted code, so it is served by sandboxed workers (training
+# hosts), never next to the LLM keys of the `cpu` queue; it takes no training slot
+PREFLIGHT_QUEUE = "preflight"
 
 # activities (referenced by name from workflows so workflow code imports nothing heavy)
 DESCRIBE_ENV = "describe_env"
 IDEATE = "ideate"
 IMPLEMENT = "implement"
 PACKAGE = "package"
+PREFLIGHT = "preflight"  # compile + the env's first training step on the CPU, before a training slot is taken
 RUN_EXPERIMENT = "run_experiment"
 RECORD_IDEA = "record_idea"
 RECORD_EPOCH = "record_epoch"

@@ -182,6 +182,7 @@ async def bench(
             schedule=schedule,
             slots=slots,
             ahead=ahead,
+            preflight=False,  # stand-in training: no code to check on the CPU (no preflight worker here)
         )
         t0 = time.time()
         handle, _ = await campaigns.start(client, cfg)

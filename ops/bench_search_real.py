@@ -71,7 +71,7 @@ async def run_all(settings: Settings, args, spec: EnvSpec) -> list[dict]:
     from ideaforge.store.artifacts import open_store
 
     client = await connect(settings)
-    queues = [names.ORCHESTRATOR_QUEUE, names.CPU_QUEUE, "cpu-train"]
+    queues = [names.ORCHESTRATOR_QUEUE, names.CPU_QUEUE, "cpu-train", names.PREFLIGHT_QUEUE]
     workers = build_workers(client, settings, queues, args.slots)
     tasks = [asyncio.create_task(w.run()) for w in workers]
     rows = []

@@ -17,7 +17,7 @@ from ideaforge import names
 from ideaforge.config import Settings
 from ideaforge.models import Progress
 
-ALL_QUEUES = [names.ORCHESTRATOR_QUEUE, names.CPU_QUEUE, "cpu-train"]
+ALL_QUEUES = [names.ORCHESTRATOR_QUEUE, names.CPU_QUEUE, "cpu-train", names.PREFLIGHT_QUEUE]
 REPO = Path(__file__).resolve().parents[1]
 
 

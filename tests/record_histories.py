@@ -1,7 +1,7 @@
 """Re-record the workflow histories that tests/test_replay.py replays (run it after a deliberate, versioned
 change of workflow code; see README "Changing workflow code"):
 
-    .venv/bin/python -m tests.record_histories
+    .venv/bin/python -m tests.record_histories [SCENARIO ...]   # all scenarios, or only the ones named
 
 Each scenario runs the real CampaignWorkflow and IdeaWorkflow on a real Temporal dev server (with our search
 attributes), with the stub activities of tests/test_workflows_fast.py, and writes every run of the campaign
@@ -59,6 +59,10 @@ def scenarios() -> dict[str, tuple[CampaignConfig, dict]]:
             CampaignConfig(name="hist-crash", epochs=3, ideas_per_epoch=2, **base),
             {"crash": True},
         ),
+        "preflight_revisions": (  # a crash in the CPU preflight revised once; one that crashes every time
+            CampaignConfig(name="hist-preflight", epochs=2, ideas_per_epoch=3, implementer=LLM, **base),
+            {"crashing_titles": {"idea 1"}, "always_crashing_titles": {"idea 2"}, "bad_titles": {"idea 3"}},
+        ),
     }
 
 
@@ -98,6 +102,8 @@ async def record(client: Client, name: str, cfg: CampaignConfig, opts: dict, tmp
     stubs = Stubs(spec=load_env("toy_quad", FIXTURES).spec, run_s=0.05)
     stubs.bad_titles = opts.get("bad_titles", set())
     stubs.hopeless_titles = opts.get("hopeless_titles", set())
+    stubs.crashing_titles = opts.get("crashing_titles", set())
+    stubs.always_crashing_titles = opts.get("always_crashing_titles", set())
     attrs = TypedSearchAttributes([SearchAttributePair(names.ENV, cfg.env)])
     during = None
     if opts.get("pause"):
@@ -124,7 +130,13 @@ async def main() -> None:
         dev_server_log_level="error",
     )
     try:
+        wanted = set(sys.argv[1:]) or set(scenarios())
+        unknown = wanted - set(scenarios())
+        if unknown:
+            raise SystemExit(f"unknown scenarios {sorted(unknown)}; known: {sorted(scenarios())}")
         for name, (cfg, opts) in scenarios().items():
+            if name not in wanted:
+                continue
             with tempfile.TemporaryDirectory() as tmp:
                 n = await record(env.client, name, cfg, opts, Path(tmp))
             print(f"{name}: {n} histories -> tests/histories/{name}.json")

@@ -104,16 +104,17 @@ def test_failing_ideas_are_results_with_categories(served_settings: Settings, te
     spec = load_env("toy_quad", served_settings.env_paths).spec
     crash = next(v.name for v in spec.offline.variants if "crash" in v.name)
     nan = next(v.name for v in spec.offline.variants if "nan" in v.name)
-    cases = {
-        "crashed": [Mutation(op=f"variant:{crash}")],
-        "nan": [Mutation(op=f"variant:{nan}")],
-        "patch_failed": [Mutation(op="variant:does-not-exist")],
+    cases = {  # category -> (recipe, preflight): a crash at start is caught by the preflight, else it trains
+        "crashed": ([Mutation(op=f"variant:{crash}")], False),
+        "preflight_failed": ([Mutation(op=f"variant:{crash}")], True),
+        "nan": ([Mutation(op=f"variant:{nan}")], True),
+        "patch_failed": ([Mutation(op="variant:does-not-exist")], True),
     }
 
     async def go() -> dict[str, IdeaOutcome]:
         out = {}
         async with running_worker(client, served_settings):
-            for k, (category, recipe) in enumerate(cases.items()):
+            for k, (category, (recipe, preflight)) in enumerate(cases.items()):
                 idea = Idea(
                     idea_id=idea_id(name, 0, k),
                     epoch=0,
@@ -130,6 +131,7 @@ def test_failing_ideas_are_results_with_categories(served_settings: Settings, te
                         idea=idea,
                         implementer=ProviderConfig(),
                         experiment=experiment_name(name),
+                        preflight=preflight,
                     ),
                     id=idea.idea_id,
                     task_queue=names.ORCHESTRATOR_QUEUE,

@@ -122,11 +122,11 @@ def test_workers_and_gpu_devices(tmp_path: Path) -> None:
     orch = services["orchestrator"]
     assert orch["command"][-2:] == ["--queues", "orchestrator,cpu"]
     assert orch["environment"]["IDEAFORGE_TEMPORAL_ADDRESS"] == "temporal:7233"
-    assert services["cpu-worker"]["command"][-2:] == ["--queues", "cpu-train"]
+    assert services["cpu-worker"]["command"][-2:] == ["--queues", "cpu-train,preflight"]
     assert services["cpu-worker"]["profiles"] == ["cpu-train"]
     gpu = services["gpu-worker"]
     cmd = gpu["command"]
-    assert cmd[cmd.index("--queues") + 1] == "gpu-a100"
+    assert cmd[cmd.index("--queues") + 1] == "gpu-a100,preflight"
     assert cmd[cmd.index("--gpu-type") + 1] == "a100"
     assert "--slots" not in cmd  # one slot per GPU the container sees
     (dev,) = gpu["deploy"]["resources"]["reservations"]["devices"]

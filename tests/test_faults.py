@@ -31,7 +31,7 @@ from tests.harness import REPO, processes_under, running_worker, spawn_worker, w
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-CONTROL = [names.ORCHESTRATOR_QUEUE, names.CPU_QUEUE]
+CONTROL = [names.ORCHESTRATOR_QUEUE, names.CPU_QUEUE, names.PREFLIGHT_QUEUE]  # training runs in a subprocess
 
 
 def _baseline_idea_input(settings: Settings, campaign: str, profile: str = "fault") -> IdeaInput:

@@ -161,6 +161,18 @@ def test_revision_feeds_previous_diff_and_error_back(server, env, store, tmp_pat
     assert "git apply failed: patch does not apply" in prompt and "-LR = 9" in prompt
 
 
+def test_a_preflight_crash_is_fed_back_as_a_crash_not_as_a_refused_patch(server, env, store):
+    prev = store.put_text("--- a/train.py\n+++ b/train.py\n@@ -1 +1 @@\n-LR = 9\n+LR = 1\n", kind="diff")
+    server.push_text(sr("train.py", "LR = 0.1", "LR = 0.04"))
+    p = prov(server)
+    crash = "the patched code exited with 1 ...\nModuleNotFoundError: No module named 'apex'"
+    req = request(p, revision=1, previous_diff=prev, previous_error=crash, previous_category="preflight_failed")
+    assert run(LLMImplementer(p), req, env, store).applies
+    prompt = server.requests[0].prompt
+    assert "Your previous change crashed before training" in prompt and "not applied" not in prompt
+    assert "No module named 'apex'" in prompt and "-LR = 9" in prompt
+
+
 def test_child_diff_is_relative_to_baseline_and_includes_parent(server, env, store, tmp_path):
     parent_files = {"train.py": (env.baseline / "train.py").read_text().replace("LR = 0.1", "LR = 0.05")}
     parent = store.put_text(make_diff(env.baseline, parent_files), kind="diff")

@@ -164,3 +164,31 @@ def test_report_logged_to_mlflow_once(mlflow_server: str, tmp_path: Path) -> Non
     assert len(tracker.client.get_metric_history(first, "best_score")) == 1
     dl = Path(tracker.client.download_artifacts(first, "report.md", str(tmp_path / "dl")))
     assert dl.read_text() == rep.markdown.read_text()
+
+
+def test_report_sums_the_preflight_costs(tmp_path) -> None:
+    from ideaforge.models import PreflightCost
+
+    caught = PreflightCost(runs=2, failures=1, wall_s=3.0, cpu_s=2.0, saved_train_s=600, saved_device_s=600,
+                           saved_basis="time_limit_s")
+    hopeless = PreflightCost(runs=3, failures=3, wall_s=3.0, cpu_s=3.0, saved_train_s=1800, saved_device_s=1800,
+                             saved_basis="time_limit_s")
+    clean = PreflightCost(runs=1, wall_s=1.0, cpu_s=0.5)
+    state = _state()
+    state.archive[1].preflight = caught
+    state.archive[2] = state.archive[2].model_copy(update={"category": "preflight_failed", "preflight": hopeless})
+    state.archive[3].preflight = clean
+    state.archive[7].preflight = clean  # a confirmation re-run reuses checked code: not counted again
+    rep = write_report(state, _spec(), tmp_path / "r")
+    pf = rep.preflight
+    assert (pf.ideas, pf.runs, pf.caught, pf.failed_ideas) == (3, 6, 4, 1)
+    assert (pf.wall_s, pf.cpu_s, pf.saved_train_s) == (7.0, 5.5, 2400)
+    assert pf.median_wall_s == pytest.approx(1.0)  # per run: 1.5, 1.0, 1.0
+    md = rep.markdown.read_text()
+    assert "## Preflight" in md and "crashes caught before training: 4" in md
+    assert "2400 s" in md and "the env's time limit, an upper bound" in md
+
+
+def test_report_without_preflights_has_no_preflight_section(tmp_path) -> None:
+    rep = write_report(_state(), _spec(), tmp_path / "r")
+    assert rep.preflight.runs == 0 and "## Preflight" not in rep.markdown.read_text()

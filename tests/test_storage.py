@@ -86,6 +86,36 @@ def test_named_objects(store: storage.ObjectStore) -> None:
     assert store.get_named("campaigns/c1/state.json") == b'{"epoch": 2}'
 
 
+def test_named_object_read_while_its_writer_is_between_object_and_sidecar(store: storage.ObjectStore) -> None:
+    """put_named replaces the object, then its digest sidecar: a read in between retries instead of calling the
+    state corrupt; an object that stays inconsistent is still refused."""
+    import threading
+
+    key = "campaigns/race/state.json"
+    store.put_named(key, b'{"epoch": 1}')
+    original = store._write
+    halfway, go_on = threading.Event(), threading.Event()
+
+    def slow_sidecar(rel: str, data: bytes) -> None:  # the writer pauses between the object and its sidecar
+        if rel.startswith("named-digest/"):
+            halfway.set()
+            go_on.wait(5)
+        original(rel, data)
+
+    store._write = slow_sidecar  # type: ignore[method-assign]
+    writer = threading.Thread(target=store.put_named, args=(key, b'{"epoch": 2, "more": true}'))
+    writer.start()
+    assert halfway.wait(5)
+    threading.Timer(0.15, go_on.set).start()
+    assert store.get_named(key) == b'{"epoch": 2, "more": true}'
+    writer.join()
+    store._write = original  # type: ignore[method-assign]
+    ref = store.put_named(key, b'{"epoch": 3}')
+    _corrupt(store, ref.uri, b'{"epoch": 666}')
+    with pytest.raises(StorageError, match="corrupt"):
+        store.get_named(key)
+
+
 def test_foreign_uri_is_refused(store: storage.ObjectStore) -> None:
     ref = store.put_bytes(b"x")
     elsewhere = ref.model_copy(update={"uri": "s3://another-bucket/cas/blob/aa/" + ref.sha256})

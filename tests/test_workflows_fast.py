@@ -44,6 +44,9 @@ from ideaforge.models import (
     Mutation,
     Package,
     PackageRequest,
+    PreflightCost,
+    PreflightRequest,
+    PreflightResult,
     ProviderConfig,
     RecordEpochRequest,
     RecordIdeaRequest,
@@ -78,6 +81,9 @@ class Stubs:
     implement_cost: float = 0.0  # per implement call; refused (budget_exhausted) when the budget left is less
     bad_titles: set[str] = field(default_factory=set)  # implement fails on the first attempt
     hopeless_titles: set[str] = field(default_factory=set)  # implement always fails
+    crashing_titles: set[str] = field(default_factory=set)  # the preflight fails on the first attempt
+    always_crashing_titles: set[str] = field(default_factory=set)  # the preflight always fails
+    preflights: list[PreflightRequest] = field(default_factory=list)
     ideate_calls: list[IdeateRequest] = field(default_factory=list)
     implement_calls: list[ImplementRequest] = field(default_factory=list)
     idea_records: list[RecordIdeaRequest] = field(default_factory=list)
@@ -146,6 +152,17 @@ class Stubs:
         async def package(req: PackageRequest) -> Package:
             return Package(code=req.diff or code_ref(0, "baseline"), files=1)
 
+        @activity.defn(name=names.PREFLIGHT)
+        async def preflight(req: PreflightRequest) -> PreflightResult:
+            title = req.code.uri.removeprefix("stub://").split("/", 1)[1]
+            first = not any(p.idea_id == req.idea_id for p in self.preflights)
+            self.preflights.append(req)
+            cost = PreflightCost(runs=1, wall_s=0.5, cpu_s=0.4)
+            if title in self.always_crashing_titles or (title in self.crashing_titles and first):
+                cost = cost.model_copy(update={"failures": 1, "saved_train_s": 5.0, "saved_basis": "time_limit_s"})
+                return PreflightResult(status="failed", stage="run", error="ImportError: no module x", cost=cost)
+            return PreflightResult(status="passed", stage="run", cost=cost)
+
         @activity.defn(name=names.RUN_EXPERIMENT)
         async def run_experiment(req: RunRequest) -> RunResult:
             changes, title = req.code.uri.removeprefix("stub://").split("/", 1)
@@ -178,7 +195,7 @@ class Stubs:
             return RecordResult(run_id=f"epoch-{req.epoch}", experiment_id="1")
 
         return [
-            describe_env, train_slots, ideate, implement, package, run_experiment, record_idea, record_epoch,
+            describe_env, train_slots, ideate, implement, package, preflight, run_experiment, record_idea, record_epoch,
             real.save_state, real.idea_results,
         ]  # fmt: skip
 
@@ -215,9 +232,11 @@ async def run_campaign(
     real = CampaignActivities(Settings(home=tmp / "home", env_paths=FIXTURES), store)
     acts = stubs.activities(real)
     train = [a for a in acts if a.__name__ == "run_experiment"]
+    checks = [a for a in acts if a.__name__ == "preflight"]
     workers = [
         Worker(client, task_queue=names.ORCHESTRATOR_QUEUE, workflows=[CampaignWorkflow, IdeaWorkflow]),
-        Worker(client, task_queue=names.CPU_QUEUE, activities=[a for a in acts if a not in train]),
+        Worker(client, task_queue=names.CPU_QUEUE, activities=[a for a in acts if a not in train + checks]),
+        Worker(client, task_queue=names.PREFLIGHT_QUEUE, activities=checks),
         Worker(
             client,
             task_queue=stubs.spec.resources_for(cfg.profile).task_queue,
@@ -225,7 +244,7 @@ async def run_campaign(
             max_concurrent_activities=stubs.slots,
         ),
     ]
-    async with workers[0], workers[1], workers[2]:
+    async with workers[0], workers[1], workers[2], workers[3]:
         handle = await client.start_workflow(
             CampaignWorkflow.run,
             CampaignInput(config=cfg),
@@ -327,6 +346,43 @@ def test_patch_failure_is_revised_then_counted_as_a_failed_idea(env, stubs, tmp_
     assert revision.previous_error == "hunk 1 does not apply", "the error is fed back"
     revisions = {r.idea.title: r.outcome.revisions for r in stubs.idea_records}
     assert revisions["idea 1"] == 1 and revisions["idea 2"] == 2
+
+
+def test_a_preflight_crash_is_revised_and_never_trained(env, stubs, tmp_path) -> None:
+    """Code that crashes in the CPU preflight goes back to the implementer with the error; after the last
+    revision the idea fails as preflight_failed, and no crashing package ever reaches run_experiment."""
+    stubs.crashing_titles = {"idea 1"}
+    stubs.always_crashing_titles = {"idea 2"}
+    llm = ProviderConfig(kind="openai-compatible", model="stub", base_url="http://127.0.0.1:9/v1")
+    cfg = config(epochs=1, ideas_per_epoch=3, implementer=llm, max_revisions=2, run_baseline=False)
+    result, store, _ = asyncio.run(run_campaign(env.client, stubs, tmp_path, cfg))
+    by_title = {s.title: s for s in load_archive(store, result.archive_ref)}
+    calls = defaultdict(list)
+    for c in stubs.implement_calls:
+        calls[c.idea.title].append((c.revision, c.previous_category))
+    assert calls["idea 1"] == [(0, None), (1, "preflight_failed")]
+    assert calls["idea 2"] == [(0, None), (1, "preflight_failed"), (2, "preflight_failed")]
+    assert calls["idea 3"] == [(0, None)]
+    revision = next(c for c in stubs.implement_calls if c.idea.title == "idea 1" and c.revision == 1)
+    assert revision.previous_error == "ImportError: no module x", "the traceback is fed back"
+    trained = {by_id.title for by_id in by_title.values() if by_id.idea_id in stubs.trained}
+    assert trained == {"idea 1", "idea 3"}, "the idea that always crashed never reached training"
+    assert len(stubs.trained) == 2 and len(stubs.preflights) == 2 + 3 + 1
+    assert by_title["idea 2"].status == "failed" and by_title["idea 2"].category == "preflight_failed"
+    assert by_title["idea 1"].status == "ok"
+    rec = {r.idea.title: r.outcome for r in stubs.idea_records}
+    assert rec["idea 2"].revisions == 2 and rec["idea 2"].error == "ImportError: no module x"
+    cost = rec["idea 2"].preflight
+    assert (cost.runs, cost.failures, cost.saved_train_s) == (3, 3, 15.0) and cost.wall_s == pytest.approx(1.5)
+    assert (rec["idea 1"].preflight.runs, rec["idea 1"].preflight.failures) == (2, 1)
+    assert by_title["idea 1"].preflight == rec["idea 1"].preflight  # in the archive too (the report reads it)
+
+
+def test_preflight_off_trains_without_it(env, stubs, tmp_path) -> None:
+    stubs.always_crashing_titles = {"idea 1"}
+    cfg = config(epochs=1, ideas_per_epoch=2, run_baseline=False, preflight=False)
+    asyncio.run(run_campaign(env.client, stubs, tmp_path, cfg))
+    assert stubs.preflights == [] and len(stubs.trained) == 2
 
 
 @pytest.mark.slow  # 15-220 s on this 2-core machine

@@ -20,6 +20,7 @@ import signal
 
 from ideaforge.activities.campaign import CampaignActivities
 from ideaforge.activities.experiment import ExperimentActivities
+from ideaforge.activities.preflight import PreflightActivities
 from ideaforge.activities.rl import RLActivities
 from ideaforge.workflows.campaign import CampaignWorkflow
 from ideaforge.workflows.idea import IdeaWorkflow
@@ -37,7 +38,7 @@ from ideaforge.store.artifacts import open_store
 
 log = logging.getLogger("ideaforge.worker")
 
-DEFAULT_QUEUES = f"{names.ORCHESTRATOR_QUEUE},{names.CPU_QUEUE},{training_queue('cpu')}"
+DEFAULT_QUEUES = f"{names.ORCHESTRATOR_QUEUE},{names.CPU_QUEUE},{training_queue('cpu')},{names.PREFLIGHT_QUEUE}"
 GRACEFUL_SHUTDOWN_S = 120
 
 
@@ -85,6 +86,19 @@ def build_workers(client: Client, settings: Settings, queues: list[str], slots: 
                 identity=identity,
             )
         )
+    if names.PREFLIGHT_QUEUE in queues:  # untrusted code, on the CPU: sandboxed like training, no slot taken
+        require_sandbox(names.PREFLIGHT_QUEUE)
+        n = preflight_slots()
+        workers.append(
+            Worker(
+                client,
+                task_queue=names.PREFLIGHT_QUEUE,
+                activities=[PreflightActivities(settings, store).preflight],
+                max_concurrent_activities=n,
+                identity=identity,
+            )
+        )
+        log.info("preflight queue with %d concurrent check(s)", n)
     for q in queues:
         if q == "cpu-train" or q.startswith("gpu-"):
             require_sandbox(q)
@@ -108,8 +122,14 @@ def build_workers(client: Client, settings: Settings, queues: list[str], slots: 
             )
             log.info("training queue %s with %d slot(s): %s", q, n, device_ids)
     if not workers:
-        raise SystemExit(f"no known queue in {queues}: use orchestrator, cpu, cpu-train, gpu-<type> or rl")
+        raise SystemExit(f"no known queue in {queues}: use orchestrator, cpu, cpu-train, gpu-<type>, preflight or rl")
     return workers
+
+
+def preflight_slots() -> int:
+    """Concurrent preflights of a worker: IDEAFORGE_PREFLIGHT_SLOTS, else half its CPUs (at least 1)."""
+    value = os.environ.get("IDEAFORGE_PREFLIGHT_SLOTS")
+    return max(1, int(value)) if value else max(1, (os.cpu_count() or 2) // 2)
 
 
 def require_sandbox(queue: str) -> None:

@@ -427,6 +427,7 @@ class CampaignWorkflow:
                     experiment=experiment_name(cfg.name),
                     baseline_metric=st.baseline_metric,
                     await_baseline=cfg.run_baseline and not st.baseline_done,
+                    preflight=cfg.preflight,
                 ),
                 id=idea.idea_id,
                 task_queue=names.ORCHESTRATOR_QUEUE,

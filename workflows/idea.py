@@ -1,4 +1,11 @@
-"""IdeaWorkflow: one idea from text to metric — implement (with revisions) -> package -> run -> record.
+"""IdeaWorkflow: one idea from text to metric — implement -> package -> preflight (revising on failure) -> run ->
+record.
+
+A diff that does not apply, or whose package crashes in the CPU preflight (compile, the env's first training
+steps; activity ``preflight`` on the sandboxed ``preflight`` queue), goes back to the implementer with the error
+(<= max_revisions revisions); after the last one the idea is a failed result (``patch_failed`` /
+``preflight_failed``) that never reached a training slot. Histories from before the preflight (no ``preflight-before-training`` marker) replay
+the old sequence: implement (revising on patch failure) -> package -> run.
 
 Failures of the idea itself (no diff applies, crash, timeout, NaN, protected file) are results with a category;
 infrastructure failures are retried by Temporal through the activity retry policies.
@@ -33,6 +40,9 @@ with workflow.unsafe.imports_passed_through():
         ImplementRequest,
         Package,
         PackageRequest,
+        PreflightCost,
+        PreflightRequest,
+        PreflightResult,
         Progress,
         RecordIdeaRequest,
         RecordResult,
@@ -65,6 +75,9 @@ TRAIN_RETRY = RetryPolicy(
     maximum_attempts=4,
     non_retryable_error_types=["EnvError", "ValidationError"],
 )
+PREFLIGHT_PATCH = "preflight-before-training"  # workflow.patched id: histories without it replay the old path
+# covers a first prepare of the preflight profile's data on the worker; a dead worker is noticed by heartbeat
+PREFLIGHT_TIMEOUT = timedelta(minutes=75)
 
 
 def device_time_of(err: ActivityError) -> DeviceTime:
@@ -89,6 +102,7 @@ class IdeaWorkflow:
         self._phase = "starting"
         self._baseline: float | None = None
         self._baseline_known = False
+        self._preflight: PreflightCost | None = None
 
     @workflow.query
     def phase(self) -> str:
@@ -105,7 +119,9 @@ class IdeaWorkflow:
             return await self._run(inp)
         except ActivityError as e:  # retries exhausted or non-retryable: the campaign must still hear of it
             idea = inp.idea
-            summary = IdeaSummary.of(idea, "failed", category="crashed", device_time=device_time_of(e))
+            summary = IdeaSummary.of(
+                idea, "failed", category="crashed", device_time=device_time_of(e), preflight=self._preflight
+            )
             await self._tell_campaign(IdeaOutcome(summary=summary, error=f"{e}: {e.cause}"[:2000]))
             raise
 
@@ -116,22 +132,18 @@ class IdeaWorkflow:
         diff: ArtifactRef | None = inp.reuse_diff
         code: ArtifactRef | None = inp.reuse_code
         impl: Implementation | None = None
+        if code is None and inp.idea.origin != "baseline" and inp.preflight and workflow.patched(PREFLIGHT_PATCH):
+            impl, revisions, usage, code = await self._implement_checked(inp)
+            if code is None:  # no diff applied, or every one crashed in the preflight: never trained
+                return await self._finish(inp, started, usage, revisions, None, impl, diff=impl.diff)
+            diff = impl.diff
         if code is None:
             if inp.idea.origin != "baseline":
                 impl, revisions, usage = await self._implement(inp)
                 if not impl.applies:
                     return await self._finish(inp, started, usage, revisions, None, impl, diff=impl.diff)
                 diff = impl.diff
-            self._phase = "packaging"
-            pkg = await workflow.execute_activity(
-                names.PACKAGE,
-                PackageRequest(env=inp.spec.name, diff=diff),
-                result_type=Package,
-                task_queue=names.CPU_QUEUE,
-                start_to_close_timeout=timedelta(minutes=5),
-                retry_policy=CPU_RETRY,
-            )
-            code = pkg.code
+            code = await self._package(inp, diff)
         self._phase = "training"
         res = inp.spec.resources_for(inp.profile)
         run = await workflow.execute_activity(
@@ -157,35 +169,14 @@ class IdeaWorkflow:
     async def _implement(self, inp: IdeaInput) -> tuple[Implementation, int, Usage]:
         """Implement, and on a diff that does not apply, revise with each failed sample's reply and error fed
         back (<= max_revisions). Each round may spend what is left of the campaign's budget after this idea's
-        earlier rounds; a round refused for budget ends the loop (category ``budget_exhausted``)."""
+        earlier rounds; a round refused for budget ends the loop (category ``budget_exhausted``).
+
+        The path of histories recorded before the preflight existed (see :meth:`_implement_checked`)."""
         usage = Usage()
         impl: Implementation | None = None
         revision = 0
         for revision in range(inp.max_revisions + 1):
-            self._phase = "implementing" if revision == 0 else f"revising ({revision})"
-            impl = await workflow.execute_activity(
-                names.IMPLEMENT,
-                ImplementRequest(
-                    campaign=inp.campaign,
-                    env=inp.spec.name,
-                    idea=inp.idea,
-                    provider=inp.implementer,
-                    revision=revision,
-                    parallel_samples=inp.parallel_samples,
-                    previous_diff=impl.diff if impl else None,
-                    previous_error=impl.error if impl else None,
-                    previous_samples=impl.samples if impl else [],
-                    parent_diff=inp.parent_diff,
-                    budget_left_usd=(
-                        None if inp.budget_left_usd is None else max(0.0, inp.budget_left_usd - usage.cost_usd)
-                    ),
-                ),
-                result_type=Implementation,
-                task_queue=names.CPU_QUEUE,
-                start_to_close_timeout=timedelta(minutes=15),
-                heartbeat_timeout=timedelta(minutes=5),
-                retry_policy=CPU_RETRY,
-            )
+            impl = await self._implement_once(inp, revision, impl, usage)
             usage = usage + impl.usage
             if impl.applies or inp.implementer.kind == "offline":
                 break  # the offline implementer is deterministic: a revision would give the same diff
@@ -193,6 +184,96 @@ class IdeaWorkflow:
                 break  # the LLM budget is spent: stop, a revision would be refused as well
         assert impl is not None
         return impl, revision, usage
+
+    async def _implement_checked(self, inp: IdeaInput) -> tuple[Implementation, int, Usage, ArtifactRef | None]:
+        """Implement -> package -> preflight; a diff that does not apply or crashes in the preflight is revised
+        with its error fed back (<= max_revisions). Returns the last implementation, the revisions, the usage,
+        and the package to train (None: nothing passed; the implementation then says why)."""
+        usage, cost = Usage(), PreflightCost()
+        impl: Implementation | None = None
+        revision = 0
+        for revision in range(inp.max_revisions + 1):
+            impl = await self._implement_once(inp, revision, impl, usage)
+            usage = usage + impl.usage
+            if impl.category == "budget_exhausted":
+                break  # the LLM budget is spent: stop, a revision would be refused as well
+            if impl.applies:
+                code = await self._package(inp, impl.diff)
+                check = await self._check(inp, code, revision)
+                cost = cost + (check.cost if check else PreflightCost(runs=1, inconclusive=1))
+                self._preflight = cost
+                if check is None or check.status != "failed":
+                    return impl, revision, usage, code
+                impl = impl.model_copy(
+                    update={"applies": False, "category": "preflight_failed", "error": check.error}
+                )
+            if inp.implementer.kind == "offline":
+                break  # the offline implementer is deterministic: a revision would give the same diff
+        assert impl is not None
+        return impl, revision, usage, None
+
+    async def _implement_once(
+        self, inp: IdeaInput, revision: int, previous: Implementation | None, spent: Usage
+    ) -> Implementation:
+        """One implement round; ``spent`` is what this idea's earlier rounds cost (taken off the budget left)."""
+        self._phase = "implementing" if revision == 0 else f"revising ({revision})"
+        return await workflow.execute_activity(
+            names.IMPLEMENT,
+            ImplementRequest(
+                campaign=inp.campaign,
+                env=inp.spec.name,
+                idea=inp.idea,
+                provider=inp.implementer,
+                revision=revision,
+                parallel_samples=inp.parallel_samples,
+                previous_diff=previous.diff if previous else None,
+                previous_error=previous.error if previous else None,
+                previous_category=previous.category if previous and previous.error else None,
+                previous_samples=previous.samples if previous else [],
+                parent_diff=inp.parent_diff,
+                budget_left_usd=(
+                    None if inp.budget_left_usd is None else max(0.0, inp.budget_left_usd - spent.cost_usd)
+                ),
+            ),
+            result_type=Implementation,
+            task_queue=names.CPU_QUEUE,
+            start_to_close_timeout=timedelta(minutes=15),
+            heartbeat_timeout=timedelta(minutes=5),
+            retry_policy=CPU_RETRY,
+        )
+
+    async def _package(self, inp: IdeaInput, diff: ArtifactRef | None) -> ArtifactRef:
+        self._phase = "packaging"
+        pkg = await workflow.execute_activity(
+            names.PACKAGE,
+            PackageRequest(env=inp.spec.name, diff=diff),
+            result_type=Package,
+            task_queue=names.CPU_QUEUE,
+            start_to_close_timeout=timedelta(minutes=5),
+            retry_policy=CPU_RETRY,
+        )
+        return pkg.code
+
+    async def _check(self, inp: IdeaInput, code: ArtifactRef, revision: int) -> PreflightResult | None:
+        """The CPU preflight of ``code``; None when it could not run (the code then trains unchecked)."""
+        self._phase = "preflight" if revision == 0 else f"preflight ({revision})"
+        try:
+            return await workflow.execute_activity(
+                names.PREFLIGHT,
+                PreflightRequest(
+                    campaign=inp.campaign, idea_id=inp.idea.idea_id, env=inp.spec.name, code=code, profile=inp.profile
+                ),
+                result_type=PreflightResult,
+                task_queue=names.PREFLIGHT_QUEUE,
+                # no preflight worker for this long (an old deployment): train unchecked rather than wait forever
+                schedule_to_start_timeout=timedelta(minutes=30),
+                start_to_close_timeout=PREFLIGHT_TIMEOUT,
+                heartbeat_timeout=timedelta(seconds=60),
+                retry_policy=CPU_RETRY,
+            )
+        except ActivityError as e:  # no preflight worker, its sandbox broke, an old worker without the activity
+            workflow.logger.warning("preflight of %s could not run (%s: %s); training it unchecked", inp.idea.idea_id, e, e.cause)
+            return None
 
     async def _finish(
         self,
@@ -231,12 +312,14 @@ class IdeaWorkflow:
             code=code,
             diff=diff,
             device_time=run.device_time if run else DeviceTime(),
+            preflight=self._preflight,
         )
         outcome = IdeaOutcome(
             summary=summary,
             revisions=revisions,
             usage=usage,
             run=run,
+            preflight=self._preflight,
             error=(impl.error if impl and not impl.applies else None) or (run.error if run else None),
         )
         # everything but training itself and waiting for a free slot: ideate/implement/package/record, scheduling

@@ -251,7 +251,7 @@ def start(
         if restart or desc is None or desc.status == campaigns.RUNNING:
             local = stack.owned(settings, stack.WORKER)
             late = preflight.check_keys(cfg, local.pid if local else None)
-            late += await preflight.check_workers(client, spec, cfg.profile)
+            late += await preflight.check_workers(client, spec, cfg.profile, checks=cfg.preflight)
             late += preflight.check_sandbox(local is not None)
             if late and (restart or desc is None):
                 _report_findings(late)  # before anything is deleted or started

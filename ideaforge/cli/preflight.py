@@ -105,14 +105,17 @@ def check_env(cfg: CampaignConfig, settings: Settings) -> tuple[EnvSpec | None, 
 
 
 async def check_workers(
-    client: Client, spec: EnvSpec, profile: str, wait_s: float = POLLER_WAIT_S
+    client: Client, spec: EnvSpec, profile: str, wait_s: float = POLLER_WAIT_S, checks: bool = True
 ) -> list[Finding]:
-    """A worker polls the orchestrator, cpu and training queues, and one training worker has enough slots."""
+    """A worker polls the orchestrator, cpu, training (and, with ``checks``, preflight) queues, and one
+    training worker has enough slots."""
     from ideaforge.cli.campaigns import workers_polling
 
     res = spec.resources_for(profile)
     train_q = res.task_queue
     queues = [names.ORCHESTRATOR_QUEUE, names.CPU_QUEUE, train_q]
+    if checks:
+        queues.append(names.PREFLIGHT_QUEUE)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
     while True:
@@ -127,6 +130,9 @@ async def check_workers(
             fix = f"on a machine with {res.count}x {res.gpu_type or 'GPU'}: ideaforge worker --queues {q}"
         elif q == train_q:
             fix = f"ideaforge up (local), or ideaforge worker --queues {q}"
+        elif q == names.PREFLIGHT_QUEUE:
+            fix = (f"ideaforge up (local), or ideaforge worker --queues {train_q},{q} on a training host "
+                   "(or preflight = false in the campaign config)")
         else:
             fix = "ideaforge up (local), or ideaforge worker on a machine that reaches this Temporal"
         out.append(Finding(check="workers", problem=f"no worker polls the task queue {q!r}", fix=fix))

@@ -25,8 +25,10 @@ from ideaforge.names import campaign_workflow_id
 
 log = logging.getLogger(__name__)
 
-IdeaState = Literal["implementing", "packaging", "queued", "training", "recording", "starting", "done", "failed"]
-ACTIVE: tuple[IdeaState, ...] = ("implementing", "packaging", "training", "recording", "starting")
+IdeaState = Literal[
+    "implementing", "packaging", "preflight", "queued", "training", "recording", "starting", "done", "failed"
+]
+ACTIVE: tuple[IdeaState, ...] = ("implementing", "packaging", "preflight", "training", "recording", "starting")
 RPC_TIMEOUT_S = 2.0
 
 
@@ -77,6 +79,7 @@ def _activity_state(activity_type: str, state: int) -> IdeaState:
     return {
         names.IMPLEMENT: "implementing",
         names.PACKAGE: "packaging",
+        names.PREFLIGHT: "preflight",
         names.RECORD_IDEA: "recording",
     }.get(activity_type, "starting")
 

@@ -177,7 +177,14 @@ def parent_section(parent_diff: str | None) -> str:
 def revision_section(req: ImplementRequest, store: ObjectStore) -> str:
     """Each failed sample of the previous round: its reply (bounded), then its own error, quoted exactly."""
     samples = list(req.previous_samples)
-    if not samples and req.previous_error:  # a failure found after the change applied (e.g. a preflight)
+    if not samples and req.previous_error and req.previous_category == "preflight_failed":
+        previous = store.get_text(req.previous_diff) if req.previous_diff is not None else "(not available)"
+        return "\n" + render(
+            "implement_preflight",
+            previous=clip(previous, MAX_REVISION_CHARS),
+            error=clip(req.previous_error, MAX_ERROR_CHARS),
+        )
+    if not samples and req.previous_error:  # a failure found after the change applied
         samples = [SampleAttempt(reply=req.previous_diff, error=req.previous_error)]
     if not samples:
         return ""

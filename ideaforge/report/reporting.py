@@ -13,12 +13,12 @@ import logging
 import math
 import random
 from pathlib import Path
-from statistics import stdev
+from statistics import median, stdev
 
 from matplotlib.figure import Figure
 from pydantic import BaseModel, Field
 
-from ideaforge.models import CampaignState, DeviceTime, Direction, EnvSpec, IdeaSummary
+from ideaforge.models import CampaignState, DeviceTime, Direction, EnvSpec, IdeaSummary, PreflightCost
 from ideaforge.names import experiment_name, parse_idea_id
 from ideaforge.ranking import ranked, score
 from ideaforge.report.export import campaign_of
@@ -61,6 +61,41 @@ class EpochStats(BaseModel):
     device_time: DeviceTime = Field(default_factory=DeviceTime)  # of every idea of the epoch, failed ones too
 
 
+class PreflightStats(BaseModel):
+    """The CPU preflight over a campaign: what it cost and the training slot time it kept free."""
+
+    ideas: int = 0  # ideas whose code was preflighted
+    runs: int = 0
+    caught: int = 0  # preflights that failed (each went back to the implementer instead of training)
+    failed_ideas: int = 0  # ideas that still crashed after their last revision (category preflight_failed)
+    inconclusive: int = 0
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    median_wall_s: float | None = None  # per preflight run
+    saved_train_s: float = 0.0
+    saved_device_s: float = 0.0
+    saved_basis: str | None = None
+
+
+def preflight_stats(archive: list[IdeaSummary]) -> PreflightStats:
+    """Sums of the per-idea preflight costs (confirmation re-runs reuse checked code: not counted twice)."""
+    costs = [s.preflight for s in archive if s.preflight is not None and s.origin != "confirm"]
+    total = sum(costs, PreflightCost())
+    return PreflightStats(
+        ideas=len(costs),
+        runs=total.runs,
+        caught=total.failures,
+        failed_ideas=sum(s.category == "preflight_failed" for s in archive),
+        inconclusive=total.inconclusive,
+        wall_s=total.wall_s,
+        cpu_s=total.cpu_s,
+        median_wall_s=median(c.wall_s / c.runs for c in costs if c.runs) if any(c.runs for c in costs) else None,
+        saved_train_s=total.saved_train_s,
+        saved_device_s=total.saved_device_s,
+        saved_basis=total.saved_basis,
+    )
+
+
 class Report(BaseModel):
     """What :func:`write_report` wrote and what it found."""
 
@@ -78,6 +113,7 @@ class Report(BaseModel):
     epochs: list[EpochStats]
     leaderboard: list[LeaderboardRow]
     device_time: DeviceTime = Field(default_factory=DeviceTime)  # of every executed idea
+    preflight: PreflightStats = Field(default_factory=PreflightStats)
 
     @property
     def files(self) -> list[Path]:
@@ -345,6 +381,20 @@ def write_markdown(report: Report, spec: EnvSpec, path: Path) -> Path:
         lines += [
             f"| `{r.short_id}` | {_md_cell(r.title)} | {r.category or ''} | {r.lineage} |" for r in failed
         ]
+    pf = report.preflight
+    if pf.runs:
+        basis = {"expected_train_s": "the env's expected training time", "time_limit_s": "the env's time limit, an upper bound"}
+        lines += [
+            "",
+            "## Preflight (CPU check before training)",
+            "",
+            f"- ideas checked: {pf.ideas}; preflight runs: {pf.runs} (median {_fmt(pf.median_wall_s, 2)} s wall each)",
+            f"- cost: {pf.wall_s:.1f} s wall, {pf.cpu_s:.1f} s CPU",
+            f"- crashes caught before training: {pf.caught} (sent back for revision); ideas that still crashed "
+            f"after their last revision: {pf.failed_ideas}; inconclusive (out of time or memory on CPU): {pf.inconclusive}",
+            f"- training slot time not spent on crashing code: {pf.saved_train_s:.0f} s ({pf.saved_device_s:.0f} "
+            f"device-seconds), estimated per caught crash as {basis.get(pf.saved_basis or '', 'n/a')}",
+        ]
     lines += [
         "",
         "## Epochs",
@@ -392,6 +442,7 @@ def write_report(state: CampaignState, spec: EnvSpec, out_dir: Path, campaign: s
         epochs=stats,
         leaderboard=rows,
         device_time=DeviceTime.total(s.device_time for s in stats),
+        preflight=preflight_stats(state.archive),
     )
     write_markdown(report, spec, report.markdown)
     log.info("report for %s written to %s", report.campaign, out_dir)

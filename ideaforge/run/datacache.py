@@ -40,6 +40,22 @@ def manifest(data: Path) -> dict[str, list[int]]:
     return out
 
 
+def readable_tree(path: Path) -> None:
+    """Make everything under ``path`` readable (directories also searchable) by all; symlinks are left alone."""
+    import os
+    import stat
+
+    for p in [path, *path.rglob("*")]:
+        if p.is_symlink():
+            continue
+        mode = p.stat().st_mode
+        extra = (stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH) | (
+            (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH) if p.is_dir() else 0
+        )
+        if mode & extra != extra:
+            os.chmod(p, mode | extra)
+
+
 class DataCache:
     """The prepared-data directories under ``<home>/data/<env>/<profile>/`` and how they are built."""
 
@@ -103,6 +119,7 @@ class DataCache:
                 )
             for d in (train, evald):  # owned by root again: no later sandbox uid owns the shared cache
                 chown_tree(d, 0, 0)
+                readable_tree(d)  # ... and readable by every sandbox uid (a writer may have made a file 0600)
             if res.cancelled:
                 return False
             if not res.ok:

@@ -205,6 +205,32 @@ def unsafe_opted_out() -> bool:
     return os.environ.get(UNSAFE_VAR) == "1"
 
 
+SANDBOX_HOSTNAME = "sandbox"
+_HOSTS = f"127.0.0.1\tlocalhost {SANDBOX_HOSTNAME}\n::1\tlocalhost ip6-localhost ip6-loopback {SANDBOX_HOSTNAME}\n"
+
+
+@functools.cache
+def hosts_file() -> str:
+    """An /etc/hosts for the sandbox that resolves its own hostname to its loopback (torchrun's rendezvous and
+    anything else that looks itself up would otherwise wait on name resolution), written once per process."""
+    import atexit
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="ideaforge-hosts-")
+    with os.fdopen(fd, "w") as f:
+        f.write(_HOSTS)
+    os.chmod(path, 0o644)
+
+    def remove() -> None:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+    atexit.register(remove)
+    return path
+
+
 @functools.cache
 def python_roots(python: str) -> tuple[str, ...]:
     """Directories the interpreter ``python`` needs (prefixes, stdlib, site-packages), found by asking it."""
@@ -257,7 +283,7 @@ def bwrap_argv(box: Box, user: SandboxUser, python: str = sys.executable) -> lis
         "--die-with-parent",
         "--new-session",
         "--hostname",
-        "sandbox",
+        SANDBOX_HOSTNAME,
     ]
     if not box.network:
         args.append("--unshare-net")
@@ -268,7 +294,7 @@ def bwrap_argv(box: Box, user: SandboxUser, python: str = sys.executable) -> lis
             args += ["--symlink", os.readlink(p), str(p)]
         elif p.is_dir():
             args += ["--ro-bind", str(p), str(p)]
-    args += ["--ro-bind", "/etc", "/etc", "--proc", "/proc", "--dev", "/dev"]
+    args += ["--ro-bind", "/etc", "/etc", "--ro-bind", hosts_file(), "/etc/hosts", "--proc", "/proc", "--dev", "/dev"]
     args += ["--perms", "1777", "--size", str(box.tmp_bytes), "--tmpfs", "/tmp", "--tmpfs", "/run"]
     args += ["--perms", "1777", "--size", str(box.tmp_bytes), "--tmpfs", "/dev/shm"]
     binds: list[tuple[str, str]] = [("--ro-bind", r) for r in python_roots(python)]

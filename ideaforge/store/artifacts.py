@@ -13,6 +13,7 @@ import io
 import os
 import shutil
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import BinaryIO
@@ -23,6 +24,7 @@ from ideaforge.models import ArtifactRef
 
 CHUNK = 1024 * 1024
 MAX_IN_MEMORY = 256 * 1024**2  # get_bytes refuses larger objects: use get_file
+NAMED_READ_ATTEMPTS = 4  # a named object read while its writer is between the object and its sidecar
 
 
 class StorageError(RuntimeError):
@@ -170,19 +172,29 @@ class ObjectStore(ABC):
         return ref
 
     def get_named(self, key: str) -> bytes | None:
-        """The object under ``key`` (None if never written), checked against its digest sidecar."""
-        data = self._read(f"named/{key}")
-        if data is None:
-            return None
-        raw = self._read(f"named-digest/{key}")
-        if raw is None:
-            raise ArtifactCorrupt(f"named object {key!r} has no digest record: written outside ideaforge?")
-        try:
-            ref = ArtifactRef.model_validate_json(raw)
-        except ValueError as e:
-            raise ArtifactCorrupt(f"digest record of named object {key!r} is unreadable: {e}") from e
-        check_digest(ref, len(data), sha256_bytes(data))
-        return data
+        """The object under ``key`` (None if never written), checked against its digest sidecar.
+
+        A writer replaces the object, then its sidecar: a read between the two sees a mismatch, so a mismatch
+        is read again (a few times) before it is called corruption."""
+        for attempt in range(NAMED_READ_ATTEMPTS):
+            data = self._read(f"named/{key}")
+            if data is None:
+                return None
+            raw = self._read(f"named-digest/{key}")
+            if raw is None:
+                raise ArtifactCorrupt(f"named object {key!r} has no digest record: written outside ideaforge?")
+            try:
+                ref = ArtifactRef.model_validate_json(raw)
+            except ValueError as e:
+                raise ArtifactCorrupt(f"digest record of named object {key!r} is unreadable: {e}") from e
+            try:
+                check_digest(ref, len(data), sha256_bytes(data))
+                return data
+            except ArtifactCorrupt:
+                if attempt == NAMED_READ_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
+        return None  # unreachable
 
 
 def check_digest(ref: ArtifactRef, size: int, sha: str) -> None:

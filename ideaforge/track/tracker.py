@@ -434,6 +434,8 @@ def _idea_tags(req: RecordIdeaRequest) -> dict[str, str]:
         "temporal.workflow_id": req.workflow_id,
         "temporal.run_id": req.run_id,
     }
+    if req.outcome.preflight is not None and req.outcome.preflight.saved_basis:
+        tags["ideaforge.preflight_saved_basis"] = req.outcome.preflight.saved_basis
     if req.epoch_run_id:  # a link, not nesting: nested runs hide under collapsed epoch rows in the UI
         tags[EPOCH_RUN_TAG] = req.epoch_run_id
     if s.code is not None:
@@ -499,6 +501,16 @@ def _idea_metrics(req: RecordIdeaRequest) -> list[tuple[str, float, int]]:
     pts.append(("orchestration_s", out.orchestration_s, 0))
     pts += [(k, v, 0) for k, v in u.metrics().items()]  # cached, reasoning, cancelled tokens included
     pts += [(k, v, 0) for k, v in s.device_time.metrics().items()]  # every training attempt, failed ones too
+    pf = out.preflight
+    if pf is not None:  # the CPU check before training: its cost and the slot time it kept free
+        pts += [
+            ("preflight_runs", float(pf.runs), 0),
+            ("preflight_failures", float(pf.failures), 0),
+            ("preflight_wall_s", pf.wall_s, 0),
+            ("preflight_cpu_s", pf.cpu_s, 0),
+            ("preflight_saved_train_s", pf.saved_train_s, 0),
+            ("preflight_saved_device_s", pf.saved_device_s, 0),
+        ]
     return pts
 
 
