@@ -329,6 +329,7 @@ def test_gpu_env_gets_its_devices(tmp_path):
     toml = envs / "toy_quad" / "env.toml"
     toml.write_text(
         toml.read_text().replace('device = "cpu"\ncount = 1', 'device = "gpu"\ngpu_type = "h100"\ncount = 2')
+        + '\n[resources_by_profile.smoke]\ndevice = "cpu"\n'  # its preflight runs on the CPU, as a GPU env's does
     )
     rig = _rig(tmp_path, [envs])
     train = (

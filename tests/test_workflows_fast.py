@@ -432,7 +432,12 @@ def test_budget_cap_stops_planning_and_finishes_what_runs(env, stubs, tmp_path) 
 
 
 def test_gpu_budget_stops_new_training_and_finishes_what_runs(env, stubs, tmp_path) -> None:
-    stubs.spec = stubs.spec.model_copy(update={"resources": Resources(device="gpu", gpu_type="h100")})
+    stubs.spec = stubs.spec.model_copy(
+        update={
+            "resources": Resources(device="gpu", gpu_type="h100"),
+            "resources_by_profile": {"smoke": {"device": "cpu"}},  # its preflight runs on the CPU
+        }
+    )
     stubs.gpu_s_per_run = 1800.0  # half a GPU-hour per idea
     cfg = config(epochs=5, ideas_per_epoch=4, budget_gpu_hours=1.0, ideate_batch=1, slots=2, ahead=1)
     result, store, _ = asyncio.run(run_campaign(env.client, stubs, tmp_path, cfg))
