@@ -36,6 +36,7 @@ from ideaforge.models import (
     RecordResult,
     SaveStateRequest,
     SaveStateResult,
+    ended_category,
 )
 from ideaforge.names import idea_id, state_key
 from ideaforge.patch.package import pack_patched
@@ -141,7 +142,9 @@ class CampaignActivities:
                     )
                 )
             except WorkflowFailureError as e:
-                out.ended[wid] = f"idea workflow ended ({desc.status.name.lower()}) without a result: {e}"[:2000]
+                how = desc.status.name.lower() if desc.status else "failed"
+                out.ended[wid] = f"idea workflow ended ({how}) without a result: {e}"[:2000]
+                out.categories[wid] = ended_category(how)
         return out
 
     @activity.defn(name=names.IDEATE)

@@ -7,20 +7,27 @@ The reward is computed here, once, against the baseline metric: an idea started 
 (``await_baseline``) holds its record until the campaign signals ``baseline_known``. A finished idea signals
 ``idea_done`` to its campaign (by workflow id, so it reaches the campaign's current run even after a
 continue-as-new); the campaign starts ideas with ParentClosePolicy.ABANDON, so none is killed in flight.
+
+A cancelled idea (its campaign was cancelled, or a person cancelled it) stops its training (the cancel reaches
+the trainer through the activity's heartbeat, and the workflow waits until training stopped), tells its campaign
+(``idea_done``, category ``cancelled``) and ends CANCELED.
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, is_cancelled_exception
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from ideaforge import names
     from ideaforge.models import (
         ArtifactRef,
+        FailureCategory,
         IdeaDone,
         IdeaInput,
         IdeaOutcome,
@@ -36,6 +43,10 @@ with workflow.unsafe.imports_passed_through():
         Usage,
     )
     from ideaforge.rewards import compute_reward
+
+# workflow.patched ids: commands added since histories were recorded (old histories replay the old way)
+PATCH_REPORT_CANCEL = "idea-reports-its-cancel"  # a cancelled idea signals idea_done (category cancelled)
+PATCH_WAIT_TRAINING_CANCEL = "idea-waits-for-training-cancel"  # cancel waits until the trainer stopped
 
 CPU_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -81,11 +92,20 @@ class IdeaWorkflow:
     async def run(self, inp: IdeaInput) -> IdeaOutcome:
         try:
             return await self._run(inp)
-        except ActivityError as e:  # retries exhausted or non-retryable: the campaign must still hear of it
-            idea = inp.idea
-            summary = IdeaSummary.of(idea, "failed", category="crashed")
-            await self._tell_campaign(IdeaOutcome(summary=summary, error=f"{e}: {e.cause}"[:2000]))
+        except asyncio.CancelledError:  # cancelled while no activity ran (waiting for the baseline, a signal)
+            if workflow.patched(PATCH_REPORT_CANCEL):
+                await self._tell_campaign(self._ended(inp, "cancelled", "idea workflow cancelled"))
             raise
+        except ActivityError as e:
+            # cancelled during an activity (the campaign, or a person, cancelled this idea), or retries exhausted
+            # or non-retryable: either way the campaign must hear of it. A cancel still ends the workflow CANCELED.
+            category = "cancelled" if is_cancelled_exception(e) else "crashed"
+            await self._tell_campaign(self._ended(inp, category, f"{e}: {e.cause}"))
+            raise
+
+    @staticmethod
+    def _ended(inp: IdeaInput, category: FailureCategory, error: str) -> IdeaOutcome:
+        return IdeaOutcome(summary=IdeaSummary.of(inp.idea, "failed", category=category), error=error[:2000])
 
     async def _run(self, inp: IdeaInput) -> IdeaOutcome:
         started = workflow.now()
@@ -129,6 +149,12 @@ class IdeaWorkflow:
             # the activity heartbeats every few seconds; a dead worker's attempt is retried after this
             heartbeat_timeout=timedelta(seconds=res.heartbeat_timeout_s),
             retry_policy=TRAIN_RETRY,
+            # a cancel reaches the trainer with the next heartbeat; the idea ends only once training stopped
+            cancellation_type=(
+                ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
+                if workflow.patched(PATCH_WAIT_TRAINING_CANCEL)
+                else ActivityCancellationType.TRY_CANCEL
+            ),
         )
         return await self._finish(inp, started, usage, revisions, run, impl, diff=diff, code=code)
 
