@@ -376,6 +376,37 @@ def test_ideas_in_flight_survive_continue_as_new_and_are_reattached(temporal_env
     assert {s.idea_id for s in load_archive(store, result.archive_ref)} == set(stubs.runs)
 
 
+@pytest.mark.slow  # 15-220 s on this 2-core machine
+def test_a_reattached_idea_terminated_by_hand_is_counted_failed(temporal_env, stubs, tmp_path) -> None:
+    # On the dev server. The first run starts epochs 0 and 1 (slow "idea 1" holds epoch 0 open), then continues
+    # as new while "idea 3" trains; the new run holds no handle on it, so when a person terminates it (no
+    # idea_done signal ever comes) only the periodic check can notice.
+    client = temporal_env.client
+    stubs.slow = {"idea 1": 3.0, "idea 3": 120.0}
+    cfg = config(epochs=2, ideas_per_epoch=2, run_baseline=False, ahead=2, check_in_flight_s=1.0)
+    seen = {}
+
+    async def during(handle):  # noqa: ANN001, ANN202
+        for _ in range(3000):
+            slow = next((c.idea.idea_id for c in stubs.implement_calls if c.idea.title == "idea 3"), None)
+            st = await handle.query(CampaignWorkflow.status)
+            if slow in st.in_flight and st.ideas_done == 3 and await campaign_runs(client, handle) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"idea 3 was never re-attached: {st}")
+        seen["started_by"] = (await client.get_workflow_handle(slow).describe()).parent_run_id
+        await client.get_workflow_handle(slow).terminate("stopped by hand")
+        seen["slow"] = slow
+
+    result, store, handle = asyncio.run(run_campaign(client, stubs, tmp_path, cfg, during=during))
+    last = asyncio.run(client.get_workflow_handle(handle.id).describe()).run_id
+    assert seen["started_by"] == handle.first_execution_run_id != last, "started by the first run, re-attached"
+    assert result.ideas_done == 4
+    by_id = {s.idea_id: s for s in load_archive(store, result.archive_ref)}
+    assert by_id[seen["slow"]].status == "failed" and by_id[seen["slow"]].category == "terminated"
+
+
 def result_run(handle) -> str:  # noqa: ANN001
     desc = asyncio.run(handle.describe())
     return desc.run_id
