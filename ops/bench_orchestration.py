@@ -25,6 +25,7 @@ import asyncio
 import hashlib
 import json
 import math
+import os
 import random
 import resource
 import statistics
@@ -258,6 +259,7 @@ def main() -> None:
     p.add_argument("--ahead", type=int, default=None, help="proposals kept waiting (default: the config's)")
     p.add_argument("--dump", type=Path, default=None, help="write each mode's (slot, start, end) runs here (JSON)")
     args = p.parse_args()
+    cpu_before = 0.0
     for schedule in args.modes.split(","):
         with tempfile.TemporaryDirectory(prefix="ideaforge-bench-") as tmp:
             envs = make_env(Path(tmp) / "envs", 2 * args.ideas + 10)
@@ -278,13 +280,30 @@ def main() -> None:
                     )
                 )
                 r["server_rss_mb"] = _servers_rss_mb(settings)
+                r["server_cpu_s"] = _servers_cpu_s(settings)
             finally:
                 stack.down(settings)
         r["worker_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        use = resource.getrusage(resource.RUSAGE_SELF)
+        r["worker_cpu_s"] = use.ru_utime + use.ru_stime - cpu_before
+        cpu_before += r["worker_cpu_s"]
         print(_line(r, args), flush=True)
         if args.dump:
             runs = {k: r[k] for k in ("runs_raw", "last_plan", "t0", "wall_s")}
             args.dump.with_suffix(f".{schedule}.json").write_text(json.dumps(runs))
+
+
+def _servers_cpu_s(settings: Settings) -> dict[str, float]:
+    """CPU seconds (user + system) the Temporal and MLflow server processes used so far."""
+    out = {}
+    for name, svc in stack.status(settings).services.items():
+        if svc.pid:
+            try:
+                fields = Path(f"/proc/{svc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                out[name] = round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 1)
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
 
 
 def _servers_rss_mb(settings: Settings) -> dict[str, int]:
@@ -313,7 +332,9 @@ def _line(r: dict, args: argparse.Namespace) -> str:
         f"  largest event: campaign {r['largest_event_bytes'] / 1024:.1f} KB, "
         f"idea {r['idea_largest_event'] / 1024:.1f} KB\n"
         f"  campaign runs {r['runs']}, history events per run max {r['events_max']} mean {r['events_mean']:.0f}\n"
-        f"  memory: worker process peak RSS {r['worker_peak_rss_mb']:.0f} MB; servers (MB) {r['server_rss_mb']}"
+        f"  memory: worker process peak RSS {r['worker_peak_rss_mb']:.0f} MB; servers (MB) {r['server_rss_mb']}\n"
+        f"  CPU: workers {r['worker_cpu_s']:.0f} s ({1000 * r['worker_cpu_s'] / max(1, r['ideas']):.0f} ms/idea); "
+        f"servers (s, their main process) {r['server_cpu_s']}; machine load {os.getloadavg()[0]:.1f} at the end"
     )
 
 
