@@ -36,6 +36,7 @@ from ideaforge.models import (
     RecordResult,
     SaveStateRequest,
     SaveStateResult,
+    ended_category,
 )
 from ideaforge.names import idea_id, state_key
 from ideaforge.patch.package import pack_patched
@@ -141,7 +142,9 @@ class CampaignActivities:
                     )
                 )
             except WorkflowFailureError as e:
-                out.ended[wid] = f"idea workflow ended ({desc.status.name.lower()}) without a result: {e}"[:2000]
+                how = desc.status.name.lower() if desc.status else "failed"
+                out.ended[wid] = f"idea workflow ended ({how}) without a result: {e}"[:2000]
+                out.categories[wid] = ended_category(how)
         return out
 
     @activity.defn(name=names.IDEATE)
@@ -216,32 +219,18 @@ class CampaignActivities:
     @activity.defn(name=names.SAVE_STATE)
     async def save_state(self, req: SaveStateRequest) -> SaveStateResult:
         """Flush ``recent`` as a chunk (content-addressed, so a retry gives the same ref), save the state."""
-        res, flushed = await asyncio.to_thread(self._save_state, req)
-        if flushed:
-            await self._sync_rewards(req.campaign, flushed)
-        return res
+        return await asyncio.to_thread(self._save_state, req)
 
-    def _save_state(self, req: SaveStateRequest) -> tuple[SaveStateResult, list[IdeaSummary]]:
+    def _save_state(self, req: SaveStateRequest) -> SaveStateResult:
         saved = CampaignInput.model_validate_json(req.state_json)
         st = saved.state
-        flushed: list[IdeaSummary] = []
         if req.flush and st.recent:
             chunk = ArchiveChunk(prev=st.archive_head, ideas=st.recent)
             st.archive_head = self.store.put_text(chunk.model_dump_json(), kind="archive")
-            flushed, st.recent = st.recent, []
+            st.recent = []
         st.archive = []
         self.store.put_named(state_key(req.campaign), saved.model_dump_json().encode())
-        return SaveStateResult(head=st.archive_head), flushed
-
-    async def _sync_rewards(self, campaign: str, ideas: list[IdeaSummary]) -> None:
-        """Rewards reach the ideas' MLflow runs (a no-op where the idea workflow recorded them already); an
-        MLflow outage does not hold the saved state back."""
-        from ideaforge.track.tracker import TrackingError, TrackingUnavailable
-
-        try:
-            await asyncio.to_thread(self.tracker.sync_rewards, campaign, ideas)
-        except (TrackingError, TrackingUnavailable) as e:
-            log.warning("rewards of %s not synced to MLflow yet: %s", campaign, e)
+        return SaveStateResult(head=st.archive_head)
 
     def all(self) -> list:
         return [

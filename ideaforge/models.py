@@ -32,6 +32,8 @@ FailureCategory = Literal[
     "llm_failed",
     "budget_exhausted",
     "preflight_failed",  # the patched code crashed in the CPU preflight on every attempt: never trained
+    "cancelled",  # the idea workflow was cancelled (by hand, or with its campaign)
+    "terminated",  # the idea workflow was terminated (by hand): it could not report a result
 ]
 
 
@@ -428,6 +430,9 @@ class CampaignConfig(Strict):
     slots: int | None = Field(None, ge=1, le=4096)  # training slots to keep busy (default: the worker's)
     ahead: int | None = Field(None, ge=0, le=256)  # proposals implemented and waiting (default: max(1, slots/4))
     ideate_batch: int = Field(16, ge=1, le=256)  # most ideas per ideate call in steady mode (the deficit)
+    # how often a campaign asks the server about ideas it re-attached (after a continue-as-new or a restart):
+    # it holds no handle on them, so one terminated by hand would otherwise be awaited forever
+    check_in_flight_s: float = Field(60.0, ge=0.5, le=3600)
 
     @field_validator("name")
     @classmethod
@@ -753,11 +758,18 @@ class IdeaDone(Strict):
     error: str | None = None
 
 
+def ended_category(how: str) -> FailureCategory:
+    """The failure category of an idea workflow that closed without a result, from how it closed
+    (a workflow execution status name: ``terminated``, ``canceled``, ``timed_out``, ``failed``)."""
+    return {"terminated": "terminated", "canceled": "cancelled", "timed_out": "timeout"}.get(how.lower(), "crashed")
+
+
 class IdeaResults(Strict):
     """Ideas that closed while their campaign was not listening: results, or why there is none."""
 
     done: list[IdeaDone] = Field(default_factory=list)
     ended: dict[str, str] = Field(default_factory=dict)  # idea id -> how it ended without a result
+    categories: dict[str, FailureCategory] = Field(default_factory=dict)  # idea id -> failure category (ended)
 
 
 class RecordIdeaRequest(Strict):

@@ -6,7 +6,9 @@ state saving in the artifact store). Only training is a stand-in: ``run_experime
 (mean ``--run-s``, coefficient of variation ``--cv``), drawn from the idea id so both modes get the same times.
 
 For each mode it prints:
-- slot-idle fraction: 1 - (sum of training time) / (slots x campaign wall time);
+- slot-idle fraction: 1 - (sum of training time) / (slots x campaign wall time); also between the first start
+  and the last end, and in the steady part: between the first start and the start of the drain (the last
+  training start: after it no slot can be refilled), so ramp-up and drain are told apart from orchestration;
 - free slot -> next start, p50/p95: on each slot, the gap between one run's end and the next run's start
   (gaps after the last idea was planned are not counted: there was nothing left to start);
 - the largest payload: the largest event of the campaign's histories (all runs) and of sampled idea workflows;
@@ -21,7 +23,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import json
 import math
+import os
 import random
 import resource
 import statistics
@@ -124,6 +128,14 @@ def gaps(runs: list[tuple[int, float, float]], last_plan: float) -> list[float]:
     return out
 
 
+def idle_between(runs: list[tuple[int, float, float]], slots: int, t0: float, t1: float) -> float:
+    """Idle fraction of ``slots`` slots over [t0, t1] (training time clipped to the window)."""
+    if t1 <= t0:
+        return float("nan")
+    busy = sum(max(0.0, min(e, t1) - max(s, t0)) for _, s, e in runs)
+    return 1 - busy / (slots * (t1 - t0))
+
+
 def pct(xs: list[float], q: float) -> float:
     return sorted(xs)[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
 
@@ -212,7 +224,9 @@ async def bench(
         await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
         await asyncio.gather(*tasks, return_exceptions=True)
     busy = sum(e - s for _, s, e in training.runs)
-    span = max(e for _, _, e in training.runs) - min(s for _, s, _ in training.runs)
+    first_start = min(s for _, s, _ in training.runs)
+    span = max(e for _, _, e in training.runs) - first_start
+    drain = max(s for _, s, _ in training.runs)  # the last start: from here on slots only empty
     g = gaps(training.runs, last_plan[0])
     return {
         "schedule": schedule,
@@ -221,6 +235,12 @@ async def bench(
         "busy_s": busy,
         "idle_fraction": 1 - busy / (slots * wall),
         "idle_fraction_runs": 1 - busy / (slots * span),
+        "idle_fraction_steady": idle_between(training.runs, slots, first_start, drain),
+        "ramp_s": first_start - t0,
+        "drain_s": max(e for _, _, e in training.runs) - drain,
+        "runs_raw": training.runs,
+        "last_plan": last_plan[0],
+        "t0": t0,
         "gap_p50": pct(g, 0.5),
         "gap_p95": pct(g, 0.95),
         "gaps": len(g),
@@ -238,7 +258,9 @@ def main() -> None:
     p.add_argument("--cv", type=float, default=0.5, help="coefficient of variation of the training time")
     p.add_argument("--modes", default="sync,steady")
     p.add_argument("--ahead", type=int, default=None, help="proposals kept waiting (default: the config's)")
+    p.add_argument("--dump", type=Path, default=None, help="write each mode's (slot, start, end) runs here (JSON)")
     args = p.parse_args()
+    cpu_before = 0.0
     for schedule in args.modes.split(","):
         with tempfile.TemporaryDirectory(prefix="ideaforge-bench-") as tmp:
             envs = make_env(Path(tmp) / "envs", 2 * args.ideas + 10)
@@ -259,10 +281,30 @@ def main() -> None:
                     )
                 )
                 r["server_rss_mb"] = _servers_rss_mb(settings)
+                r["server_cpu_s"] = _servers_cpu_s(settings)
             finally:
                 stack.down(settings)
         r["worker_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        use = resource.getrusage(resource.RUSAGE_SELF)
+        r["worker_cpu_s"] = use.ru_utime + use.ru_stime - cpu_before
+        cpu_before += r["worker_cpu_s"]
         print(_line(r, args), flush=True)
+        if args.dump:
+            runs = {k: r[k] for k in ("runs_raw", "last_plan", "t0", "wall_s")}
+            args.dump.with_suffix(f".{schedule}.json").write_text(json.dumps(runs))
+
+
+def _servers_cpu_s(settings: Settings) -> dict[str, float]:
+    """CPU seconds (user + system) the Temporal and MLflow server processes used so far."""
+    out = {}
+    for name, svc in stack.status(settings).services.items():
+        if svc.pid:
+            try:
+                fields = Path(f"/proc/{svc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                out[name] = round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 1)
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
 
 
 def _servers_rss_mb(settings: Settings) -> dict[str, int]:
@@ -283,12 +325,17 @@ def _line(r: dict, args: argparse.Namespace) -> str:
         f"[{r['schedule']}] ideas={r['ideas']} slots={args.slots} run={args.run_s}s cv={args.cv} "
         f"ahead={args.ahead} wall={r['wall_s']:.0f}s busy={r['busy_s']:.0f} slot-s\n"
         f"  slot-idle {100 * r['idle_fraction']:.1f}% of campaign wall time "
-        f"({100 * r['idle_fraction_runs']:.1f}% between the first start and the last end)\n"
+        f"({100 * r['idle_fraction_runs']:.1f}% between the first start and the last end, "
+        f"{100 * r['idle_fraction_steady']:.1f}% between the first start and the drain)\n"
+        f"  ramp-up (campaign start -> first training) {r['ramp_s']:.1f}s, drain (last start -> last end) "
+        f"{r['drain_s']:.1f}s\n"
         f"  free slot -> next start: p50 {r['gap_p50']:.2f}s  p95 {r['gap_p95']:.2f}s  ({r['gaps']} gaps)\n"
         f"  largest event: campaign {r['largest_event_bytes'] / 1024:.1f} KB, "
         f"idea {r['idea_largest_event'] / 1024:.1f} KB\n"
         f"  campaign runs {r['runs']}, history events per run max {r['events_max']} mean {r['events_mean']:.0f}\n"
-        f"  memory: worker process peak RSS {r['worker_peak_rss_mb']:.0f} MB; servers (MB) {r['server_rss_mb']}"
+        f"  memory: worker process peak RSS {r['worker_peak_rss_mb']:.0f} MB; servers (MB) {r['server_rss_mb']}\n"
+        f"  CPU: workers {r['worker_cpu_s']:.0f} s ({1000 * r['worker_cpu_s'] / max(1, r['ideas']):.0f} ms/idea); "
+        f"servers (s, their main process) {r['server_cpu_s']}; machine load {os.getloadavg()[0]:.1f} at the end"
     )
 
 

@@ -399,22 +399,6 @@ def test_server_down_then_restarted_records_without_duplicates(settings: Setting
 
 
 @pytest.mark.integration
-def test_rewards_known_later_reach_runs_that_had_none(tracker: Tracker, store: LocalStore) -> None:
-    """Ideas of the first epoch finish before the baseline: their reward is logged when the state is saved."""
-    c = _campaign()
-    req = _idea_req(store, c, 0, 1, None)
-    early = req.model_copy(
-        update={"outcome": req.outcome.model_copy(update={"summary": req.outcome.summary.model_copy(update={"reward": None})})}
-    )
-    rec = tracker.record_idea(early)
-    assert "reward" not in tracker.client.get_run(rec.run_id).data.metrics
-    archive = [req.outcome.summary.model_copy(update={"reward": 0.75})]
-    assert tracker.sync_rewards(c, archive) == 1
-    assert tracker.client.get_run(rec.run_id).data.metrics["reward"] == 0.75
-    assert tracker.sync_rewards(c, archive) == 0  # idempotent
-
-
-@pytest.mark.integration
 def test_deleting_a_campaign_frees_its_experiment_name(tracker: Tracker, store: LocalStore) -> None:
     c = _campaign()
     first = tracker.record_idea(_idea_req(store, c, 0, 0, None))

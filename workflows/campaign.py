@@ -12,6 +12,10 @@ each epoch, or when the history grows long) never kills an idea in flight: the n
 and re-attaches. Workflow state stays bounded whatever the campaign size: completed ideas go to the artifact
 store in chunks (``save_state``), the state keeps counters, the baseline, a bounded population of parent
 candidates and the ideas in flight.
+
+An idea that ends without signalling (terminated by hand, say) is counted failed with how it ended as its
+category: a child started by this run is awaited on its handle; one re-attached from an earlier run is checked
+on the server every ``check_in_flight_s``. Cancelling the campaign cancels every idea in flight.
 """
 
 from __future__ import annotations
@@ -22,7 +26,16 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import (
+    CancelledError,
+    ChildWorkflowError,
+    TerminatedError,
+    WorkflowAlreadyStartedError,
+    is_cancelled_exception,
+)
+from temporalio.exceptions import (
+    TimeoutError as ChildTimeoutError,
+)
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
@@ -45,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
         CampaignStatus,
         EnvSpec,
         EpochTally,
+        FailureCategory,
         Idea,
         IdeaDone,
         IdeaInput,
@@ -57,6 +71,7 @@ with workflow.unsafe.imports_passed_through():
         RecordResult,
         SaveStateRequest,
         SaveStateResult,
+        ended_category,
     )
     from ideaforge.names import BEST_METRIC, ENV, EPOCH, experiment_name, idea_id
     from ideaforge.ranking import best_idea, score
@@ -65,6 +80,9 @@ CHUNK = 32  # completed ideas per archive chunk in the store
 MAX_NOTES = 10
 HISTORY_LIMIT = 8_000  # events per run before a continue-as-new (Temporal warns at 10k, fails at 50k)
 N_INSPIRATIONS = 3
+# workflow.patched ids: commands added since histories were recorded (old histories replay the old way)
+PATCH_CANCEL_IDEAS = "campaign-cancels-ideas-on-any-cancel"  # also when the cancel hits an activity; all at once
+PATCH_CHECK_REATTACHED = "campaign-checks-reattached-ideas"  # ask the server about ideas it holds no handle on
 
 
 @workflow.defn(name="CampaignWorkflow")
@@ -77,6 +95,8 @@ class CampaignWorkflow:
         self._spec: EnvSpec | None = None
         self._phase = "starting"
         self._watches: list[asyncio.Task] = []
+        self._watched: set[str] = set()  # ideas this run started (their handles report how they end)
+        self._starting: list[asyncio.Task] = []  # child starts in progress
 
     # ------------------------------------------------------------------ signals and queries
 
@@ -168,8 +188,13 @@ class CampaignWorkflow:
             if st.in_flight:
                 await self._reattach()
             await self._loop(cfg, spec)
-        except asyncio.CancelledError:
-            await self._cancel_in_flight()
+        except BaseException as e:
+            # a cancel shows as asyncio.CancelledError, or as an ActivityError when it hit a running activity
+            if is_cancelled_exception(e):
+                if workflow.patched(PATCH_CANCEL_IDEAS):
+                    await self._cancel_in_flight()
+                elif isinstance(e, asyncio.CancelledError):
+                    await self._cancel_in_flight_one_by_one()  # before the patch: kept for replay
             raise
         self._phase = "completed"
         await self._flush()
@@ -205,7 +230,20 @@ class CampaignWorkflow:
                 if await self._plan_and_start(cfg, spec):
                     continue
             self._phase = self._idle_phase(cfg)
+            await self._wait_for_change(cfg)
+
+    async def _wait_for_change(self, cfg: CampaignConfig) -> None:
+        """Wait for ``_changed``; while ideas this run holds no handle on are in flight (re-attached after a
+        continue-as-new or a restart), ask the server every ``check_in_flight_s`` how they are: one terminated by
+        hand never signals ``idea_done``."""
+        unwatched = [wid for wid in self._state.in_flight if wid not in self._watched]
+        if not unwatched or not workflow.patched(PATCH_CHECK_REATTACHED):
             await workflow.wait_condition(lambda: self._changed(cfg))
+            return
+        try:
+            await workflow.wait_condition(lambda: self._changed(cfg), timeout=timedelta(seconds=cfg.check_in_flight_s))
+        except TimeoutError:  # asyncio's, on 3.11 the builtin
+            await self._collect_closed(unwatched)
 
     def _changed(self, cfg: CampaignConfig) -> bool:
         """Something for the loop to do: an idea finished, an epoch closed, or room for more ideas."""
@@ -269,7 +307,7 @@ class CampaignWorkflow:
         if cfg.schedule == "sync" or tally.planned >= size or not ideas:
             tally.closed = True
             st.plan_epoch = tally.epoch + 1
-        await asyncio.gather(*(self._start_idea(cfg, spec, idea, tally.run_id) for idea in ideas))
+        await self._start_ideas([self._start_idea(cfg, spec, idea, tally.run_id) for idea in ideas])
         if ideas:
             await self._save_state()
         return bool(ideas)
@@ -436,29 +474,57 @@ class CampaignWorkflow:
             )
         except WorkflowAlreadyStartedError:
             return  # still running from before a restart: its idea_done signal will come here
+        self._watched.add(idea.idea_id)
         self._watches.append(asyncio.create_task(self._watch(handle, idea)))
 
+    async def _start_ideas(self, starts: list) -> None:
+        """Start children together. Shielded: a cancel of the campaign lets started children be recorded as
+        started, so ``_cancel_in_flight`` (which waits for these) reaches every one of them."""
+        if not starts or not workflow.patched(PATCH_CANCEL_IDEAS):
+            await asyncio.gather(*starts)  # before the patch: kept for replay
+            return
+        tasks = [asyncio.create_task(s) for s in starts]
+        self._starting.extend(tasks)
+        try:
+            await asyncio.shield(asyncio.gather(*tasks))
+        finally:
+            if all(t.done() for t in tasks):
+                self._starting = [t for t in self._starting if t not in tasks]
+
     async def _watch(self, handle, idea: Idea) -> None:
-        """A child that fails or is terminated sends no signal: record it as a failed idea."""
+        """A child that fails, is cancelled or is terminated may send no signal: record it as a failed idea."""
         try:
             await handle
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - any end of the child other than success is a failed idea
-            self._absorb(self._failed(idea, f"idea workflow ended without a result: {e}"))
+            how = "failed"
+            if isinstance(e, ChildWorkflowError):
+                cause = e.cause
+                how = (
+                    "terminated" if isinstance(cause, TerminatedError)
+                    else "canceled" if isinstance(cause, CancelledError)
+                    else "timed_out" if isinstance(cause, ChildTimeoutError)
+                    else "failed"
+                )  # fmt: skip
+            self._absorb(self._failed(idea, f"idea workflow ended ({how}) without a result: {e}", ended_category(how)))
 
-    @staticmethod
-    def _failed(idea: Idea, error: str) -> IdeaDone:
+    def _failed(self, idea: Idea, error: str, category: FailureCategory = "crashed") -> IdeaDone:
+        self._note(f"{idea.idea_id}: {error}")
         return IdeaDone(
-            summary=IdeaSummary.of(idea, "failed", category="crashed"),
+            summary=IdeaSummary.of(idea, "failed", category=category),
             error=error[:2000],
         )
 
     async def _reattach(self) -> None:
         """After a continue-as-new or a restart: pick up the results of ideas that closed meanwhile."""
+        await self._collect_closed(list(self._state.in_flight))
+
+    async def _collect_closed(self, ids: list[str]) -> None:
+        """Ask the server which of ``ids`` closed; take their results, or count them failed (e.g. terminated)."""
         res = await workflow.execute_activity(
             names.IDEA_RESULTS,
-            list(self._state.in_flight),
+            ids,
             result_type=IdeaResults,
             task_queue=names.CPU_QUEUE,
             start_to_close_timeout=timedelta(minutes=2),
@@ -469,7 +535,7 @@ class CampaignWorkflow:
         for wid, why in res.ended.items():
             idea = self._state.in_flight.get(wid)
             if idea is not None:
-                self._absorb(self._failed(idea, why))
+                self._absorb(self._failed(idea, why, res.categories.get(wid, "crashed")))
 
     def _absorb(self, done: IdeaDone) -> None:
         """Take a finished idea into the state (once): counters, epoch tally, population, children, recent."""
@@ -531,7 +597,25 @@ class CampaignWorkflow:
                 workflow.logger.debug("baseline signal to %s not delivered: %s", wid, e)
 
     async def _cancel_in_flight(self) -> None:
-        """The campaign was cancelled: cancel its ideas too (they are ABANDONed, so nothing else would)."""
+        """The campaign was cancelled: cancel its ideas too (they are ABANDONed, so nothing else would).
+
+        Children being started finish starting first (else a cancel could overtake its start); the requests
+        are then sent together and awaited, so each is recorded on the server before the campaign closes."""
+        self._phase = "cancelling"
+        await asyncio.gather(*self._starting, return_exceptions=True)
+
+        async def cancel(wid: str) -> None:
+            try:
+                await workflow.get_external_workflow_handle(wid).cancel()
+            except Exception as e:  # noqa: BLE001 - already closed, or never started
+                workflow.logger.info("cancel of idea %s not delivered: %s", wid, e)
+
+        ids = list(self._state.in_flight)
+        await asyncio.gather(*(cancel(wid) for wid in ids))
+        self._note(f"cancelled: {len(ids)} ideas in flight asked to cancel")
+
+    async def _cancel_in_flight_one_by_one(self) -> None:
+        """``_cancel_in_flight`` before PATCH_CANCEL_IDEAS (only replays of older histories run this)."""
         for wid in list(self._state.in_flight):
             try:
                 await workflow.get_external_workflow_handle(wid).cancel()
@@ -602,7 +686,7 @@ class CampaignWorkflow:
                 )
                 index += 1
                 jobs.append(self._start_idea(cfg, spec, idea, None))
-        await asyncio.gather(*jobs)
+        await self._start_ideas(jobs)
         await self._save_state()
 
     def _history_long(self) -> bool:

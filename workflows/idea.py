@@ -14,16 +14,22 @@ The reward is computed here, once, against the baseline metric: an idea started 
 (``await_baseline``) holds its record until the campaign signals ``baseline_known``. A finished idea signals
 ``idea_done`` to its campaign (by workflow id, so it reaches the campaign's current run even after a
 continue-as-new); the campaign starts ideas with ParentClosePolicy.ABANDON, so none is killed in flight.
+
+A cancelled idea (its campaign was cancelled, or a person cancelled it) stops its training (the cancel reaches
+the trainer through the activity's heartbeat, and the workflow waits until training stopped), tells its campaign
+(``idea_done``, category ``cancelled``) and ends CANCELED.
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 from temporalio.exceptions import TimeoutError as ActivityTimeout
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
@@ -32,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
     from ideaforge.models import (
         ArtifactRef,
         DeviceTime,
+        FailureCategory,
         IdeaDone,
         IdeaInput,
         IdeaOutcome,
@@ -52,7 +59,11 @@ with workflow.unsafe.imports_passed_through():
     )
     from ideaforge.rewards import compute_reward
 
+# workflow.patched ids: commands added since histories were recorded (old histories replay the old way)
 BUDGET_STOP = "implement-budget-stop"  # workflow.patched id: an implement round refused for budget ends the loop
+PATCH_REPORT_CANCEL = "idea-reports-its-cancel"  # a cancelled idea signals idea_done (category cancelled)
+PATCH_WAIT_TRAINING_CANCEL = "idea-waits-for-training-cancel"  # cancel waits until the trainer stopped
+
 CPU_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
@@ -117,13 +128,25 @@ class IdeaWorkflow:
     async def run(self, inp: IdeaInput) -> IdeaOutcome:
         try:
             return await self._run(inp)
-        except ActivityError as e:  # retries exhausted or non-retryable: the campaign must still hear of it
-            idea = inp.idea
-            summary = IdeaSummary.of(
-                idea, "failed", category="crashed", device_time=device_time_of(e), preflight=self._preflight
-            )
-            await self._tell_campaign(IdeaOutcome(summary=summary, error=f"{e}: {e.cause}"[:2000]))
+        except asyncio.CancelledError:  # cancelled while no activity ran (waiting for the baseline, a signal)
+            if workflow.patched(PATCH_REPORT_CANCEL):
+                await self._tell_campaign(self._ended(inp, "cancelled", "idea workflow cancelled"))
             raise
+        except ActivityError as e:
+            # cancelled during an activity (the campaign, or a person, cancelled this idea), or retries exhausted
+            # or non-retryable: either way the campaign must hear of it. A cancel still ends the workflow CANCELED.
+            category = "cancelled" if is_cancelled_exception(e) else "crashed"
+            await self._tell_campaign(self._ended(inp, category, f"{e}: {e.cause}", device_time_of(e)))
+            raise
+
+    def _ended(
+        self, inp: IdeaInput, category: FailureCategory, error: str, device_time: DeviceTime | None = None
+    ) -> IdeaOutcome:
+        """The outcome of an idea that ended without a result: its training time and preflight still count."""
+        summary = IdeaSummary.of(
+            inp.idea, "failed", category=category, device_time=device_time or DeviceTime(), preflight=self._preflight
+        )
+        return IdeaOutcome(summary=summary, error=error[:2000])
 
     async def _run(self, inp: IdeaInput) -> IdeaOutcome:
         started = workflow.now()
@@ -163,6 +186,12 @@ class IdeaWorkflow:
             # the activity heartbeats every few seconds; a dead worker's attempt is retried after this
             heartbeat_timeout=timedelta(seconds=res.heartbeat_timeout_s),
             retry_policy=TRAIN_RETRY,
+            # a cancel reaches the trainer with the next heartbeat; the idea ends only once training stopped
+            cancellation_type=(
+                ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
+                if workflow.patched(PATCH_WAIT_TRAINING_CANCEL)
+                else ActivityCancellationType.TRY_CANCEL
+            ),
         )
         return await self._finish(inp, started, usage, revisions, run, impl, diff=diff, code=code)
 
@@ -272,6 +301,8 @@ class IdeaWorkflow:
                 retry_policy=CPU_RETRY,
             )
         except ActivityError as e:  # no preflight worker, its sandbox broke, an old worker without the activity
+            if is_cancelled_exception(e):
+                raise  # the idea was cancelled: never train it
             workflow.logger.warning("preflight of %s could not run (%s: %s); training it unchecked", inp.idea.idea_id, e, e.cause)
             return None
 

@@ -24,7 +24,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from ideaforge.models import ArtifactRef, IdeaSummary, RecordEpochRequest, RecordIdeaRequest, RecordResult
+from ideaforge.models import ArtifactRef, RecordEpochRequest, RecordIdeaRequest, RecordResult
 from ideaforge.names import experiment_name
 from ideaforge.store.artifacts import ObjectStore, StorageError
 
@@ -366,42 +366,6 @@ class Tracker:
                 missing.append(name)
                 return None
             raise  # a store outage: let the activity retry
-
-    def sync_rewards(self, campaign: str, archive: Iterable[IdeaSummary]) -> int:
-        """Log the reward of each idea run that has none yet: ideas that finished before the baseline did get
-        theirs only once the campaign knew the baseline. Returns how many rewards were logged."""
-        rewards = {s.idea_id: s.reward for s in archive if s.reward is not None}
-        with self._errors(f"reading experiment of {campaign!r}"):
-            exp = self.client.get_experiment_by_name(experiment_name(campaign))
-        if exp is None or not rewards:
-            return 0
-        logged = 0
-        for run in self._runs(exp.experiment_id, f"tags.`{KIND_TAG}` = 'idea'"):
-            reward = rewards.get(run.data.tags.get("ideaforge.idea_id", ""))
-            if reward is None or "reward" in run.data.metrics:
-                continue
-            point = Metric("reward", reward, int(run.info.start_time or 0), 0)
-            with self._errors(f"logging the reward of run {run.info.run_id}"):
-                self.client.log_batch(run.info.run_id, metrics=[point])
-            logged += 1
-        return logged
-
-    def _runs(self, experiment_id: str, filter_string: str) -> Iterator[Run]:
-        """Every active run of the experiment matching ``filter_string``, page by page."""
-        token: str | None = None
-        while True:
-            with self._errors(f"searching runs of experiment {experiment_id}"):
-                page = self.client.search_runs(
-                    [experiment_id],
-                    filter_string=filter_string,
-                    run_view_type=ViewType.ACTIVE_ONLY,
-                    max_results=1000,
-                    page_token=token,
-                )
-            yield from page
-            token = page.token
-            if not token:
-                return
 
     def delete_campaign(self, campaign: str) -> bool:
         """Delete the campaign's experiment, renamed first so that its name is free for a new campaign
