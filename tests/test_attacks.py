@@ -237,6 +237,7 @@ found['store_visible'] = os.path.exists({str(home / "artifacts")!r})
     assert found["store_visible"] is False, found
 
 
+@pytest.mark.slow  # over 1 s: in the full suite, not the fast tier
 def test_concurrent_attempt_cannot_overwrite_another_attempts_metric(rig):
     honest = rig.run(rig.code(), profile="slow")
     attack = """
@@ -457,6 +458,7 @@ for pid in pids:
     assert found["forked"] < 64 and "Resource temporarily unavailable" in found["error"], found
 
 
+@pytest.mark.slow  # over 1 s: in the full suite, not the fast tier
 def test_memory_limit_holds_for_the_process_tree(rig):
     attack = """
 import multiprocessing as mp
@@ -506,6 +508,7 @@ for path in ('/var/tmp/big', '/big', '/usr/big', os.path.expanduser('~root/big')
     assert 0 < found["/tmp/big"][0] <= 512 * 1024**2  # the private /tmp is a capped tmpfs
 
 
+@pytest.mark.slow  # over 1 s: in the full suite, not the fast tier
 def test_bytes_written_to_the_attempt_dir_are_capped(rig):
     attack = """
 chunk = b'x' * (1 << 20)
@@ -521,6 +524,7 @@ found['done'] = True
     assert res.status == "failed" and res.category == "output_limit" and "wrote more than" in res.error, res
 
 
+@pytest.mark.slow  # over 1 s: in the full suite, not the fast tier
 def test_huge_checkpoint_is_refused_and_never_read_into_worker_memory(rig):
     """A 3 GiB (sparse) checkpoint over the 50 MB cap is streamed, refused at the cap and not stored."""
     toml = rig.env_root / "env.toml"  # room on disk for the file itself: only the checkpoint cap applies
@@ -544,6 +548,7 @@ os.unlink(ck)
     _honest(rig, res)
 
 
+@pytest.mark.slow  # over 1 s: in the full suite, not the fast tier
 def test_checkpoint_symlink_to_a_host_file_is_not_uploaded(rig):
     secret = rig.tmp / "host-secret.txt"
     secret.write_text("host secret")

@@ -183,6 +183,7 @@ def test_envs_lists_whole_words(settings: Settings) -> None:
     assert "toy_quad" in p.stdout and "Toy test environment" in p.stdout
 
 
+@pytest.mark.slow  # over 1 s: in the full suite, not the fast tier
 def test_unknown_command_and_missing_argument_are_usage_errors(settings: Settings) -> None:
     assert cli("frobnicate").returncode == 2
     p = cli("delete")

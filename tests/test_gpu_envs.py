@@ -120,6 +120,7 @@ def tiny_gpt(m: dict, seed: int = 0):
     return m["model"].GPT(m["model"].GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
 
 
+@pytest.mark.slow  # over 1 s: in the full suite, not the fast tier
 def test_speedrun_model_is_the_paper_d12(monkeypatch: pytest.MonkeyPatch) -> None:
     with env_modules("nanogpt_speedrun", monkeypatch) as m:
         cfg = m["model"].GPTConfig()

@@ -98,6 +98,7 @@ def test_code_that_does_not_compile_fails_before_anything_runs(rig):
     assert "does not compile" in res.error and 'File "train.py", line 12' in res.error and "SyntaxError" in res.error
 
 
+@pytest.mark.slow  # over 1 s: in the full suite, not the fast tier
 def test_running_out_of_time_is_inconclusive_not_a_failure(tmp_path):
     envs = tmp_path / "envs"
     shutil.copytree(TOY.root, envs / "toy_quad", ignore=shutil.ignore_patterns("__pycache__"))

@@ -101,6 +101,7 @@ def run_idea(settings: Settings, client, replies: list[str]) -> tuple[IdeaOutcom
     ],
     ids=["at-import", "at-first-step"],
 )
+@pytest.mark.slow  # over 1 s: in the full suite, not the fast tier
 def test_a_crashing_diff_never_trains_and_its_revision_does(
     crash: str, expected: str, served_settings, temporal_env, trained, monkeypatch
 ):
@@ -129,6 +130,7 @@ def test_a_crashing_diff_never_trains_and_its_revision_does(
     assert run.data.tags["ideaforge.preflight_saved_basis"] == "time_limit_s"
 
 
+@pytest.mark.slow  # over 1 s: in the full suite, not the fast tier
 def test_a_diff_that_always_crashes_is_a_failed_idea_that_never_trained(
     served_settings, temporal_env, trained, monkeypatch
 ):

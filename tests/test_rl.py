@@ -37,6 +37,7 @@ COLLAPSED = ["Replace LayerNorm with RMSNorm in every block"] * 7 + [
 ]
 
 
+@pytest.mark.slow  # over 1 s: in the full suite, not the fast tier
 def test_collapse_metrics_fall_when_diversity_falls():
     ok = [True] * 8
     div = collapse_metrics(DIVERSE, [float(i) for i in range(8)], ok)

@@ -165,6 +165,7 @@ def test_crash_is_a_result_with_the_traceback(rig):
     assert res.eval_s == 0
 
 
+@pytest.mark.slow  # over 1 s: in the full suite, not the fast tier
 def test_hang_times_out(fast_timeout_rig):
     t = time.monotonic()
     res = fast_timeout_rig.run(fast_timeout_rig.code(("hang",)))
@@ -349,6 +350,7 @@ def test_gpu_env_gets_its_devices(tmp_path):
 # ------------------------------------------------------------------------------------------ checkpoints, cancel
 
 
+@pytest.mark.slow  # over 1 s: in the full suite, not the fast tier
 def test_checkpoint_then_resume(rig):
     code = rig.code()
     stop = threading.Event()
@@ -505,6 +507,7 @@ def test_activity_runs_and_heartbeats(rig):
     assert acts.devices.free == [0]
 
 
+@pytest.mark.slow  # over 1 s: in the full suite, not the fast tier
 def test_activity_resumes_from_heartbeat_details_dicts(rig):
     code = rig.code()
     stop = threading.Event()
@@ -592,6 +595,7 @@ def test_device_clock_counts_devices_times_wall_time_on_top_of_earlier_attempts(
     assert cpu.so_far() == DeviceTime(cpu_slot_seconds=6.0, attempts=1)
 
 
+@pytest.mark.slow  # over 1 s: in the full suite, not the fast tier
 def test_device_time_of_a_stopped_attempt_and_its_retry_is_summed(rig):
     """Attempt 1 is stopped by a worker shutdown after its first checkpoint; its error and every heartbeat carry
     its slot-seconds so far. Attempt 2 resumes from the last heartbeat: its result counts both attempts."""

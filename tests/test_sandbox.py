@@ -121,6 +121,7 @@ def test_secrets_never_reach_the_command(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------ limits
 
 
+@pytest.mark.slow  # over 1 s: in the full suite, not the fast tier
 def test_timeout_kills_child_and_grandchild(tmp_path, isolation):
     token = f"grandchild-{uuid.uuid4().hex}"
     code = (
@@ -170,12 +171,14 @@ def test_cancel_event_stops_promptly(tmp_path, isolation):
     assert time.monotonic() - t < 3
 
 
+@pytest.mark.slow  # over 1 s: in the full suite, not the fast tier
 def test_cpu_time_limit_of_one_process(tmp_path, isolation):
     res, _ = _run("while True: pass", tmp_path, cpu_s=1, wall_s=30)
     assert res.returncode == -signal.SIGXCPU or res.cpu_limited
     assert not res.timed_out and not res.ok
 
 
+@pytest.mark.slow  # over 1 s: in the full suite, not the fast tier
 def test_cpu_time_limit_of_the_whole_tree(tmp_path):
     """Two busy processes of 1.5 s each stay under a per-process limit of 2 s but not under the tree's."""
     code = (
@@ -203,6 +206,7 @@ def test_core_dumps_disabled_and_limits_set(tmp_path):
     assert f"(0, 0) (64, 64) ({10**9}, {10**9})" in out
 
 
+@pytest.mark.slow  # over 1 s: in the full suite, not the fast tier
 def test_sigterm_reaches_the_command(tmp_path, isolation):
     """On timeout the command gets SIGTERM first (a chance to clean up), then SIGKILL."""
     code = (

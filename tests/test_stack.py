@@ -148,6 +148,7 @@ def test_missing_temporal_binary_is_a_clear_error(tmp_path: Path, monkeypatch) -
 
 
 @pytest.mark.integration
+@pytest.mark.slow  # over 1 s: in the full suite, not the fast tier
 def test_worker_daemon_starts_and_stops(settings: Settings, monkeypatch) -> None:
     argv = [
         sys.executable,
@@ -167,6 +168,7 @@ def test_worker_daemon_starts_and_stops(settings: Settings, monkeypatch) -> None
     assert f"worker env {settings.home}" in (settings.home / "logs" / "worker.log").read_text()
 
 
+@pytest.mark.slow  # over 1 s: in the full suite, not the fast tier
 def test_worker_crash_reports_its_log(settings: Settings, monkeypatch) -> None:
     argv = [sys.executable, "-c", "import sys; print('worker boom: no module workers.main'); sys.exit(2)"]
     monkeypatch.setattr(stack, "worker_command", lambda: argv)
@@ -256,6 +258,7 @@ def test_shared_fixtures_serve(served_settings: Settings, temporal_env) -> None:
     assert Settings.from_env() == served_settings
 
 
+@pytest.mark.slow  # over 1 s: in the full suite, not the fast tier
 def test_supervisor_restarts_a_dead_child_with_backoff(settings: Settings, monkeypatch) -> None:
     """The supervisor loop in this process, supervising a stand-in worker: kill -9 it twice; it comes back
     after 1 s, then after 2 s (backoff), and `stop` ends it. Stale attempt folders go at each (re)start."""

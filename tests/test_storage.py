@@ -86,6 +86,7 @@ def test_named_objects(store: storage.ObjectStore) -> None:
     assert store.get_named("campaigns/c1/state.json") == b'{"epoch": 2}'
 
 
+@pytest.mark.slow  # over 1 s: in the full suite, not the fast tier
 def test_named_object_read_while_its_writer_is_between_object_and_sidecar(store: storage.ObjectStore) -> None:
     """put_named replaces the object, then its digest sidecar: a read in between retries instead of calling the
     state corrupt; an object that stays inconsistent is still refused."""

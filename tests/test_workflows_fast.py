@@ -275,6 +275,7 @@ async def campaign_runs(client: Client, handle) -> int:  # noqa: ANN001
     return n
 
 
+@pytest.mark.slow  # over 1 s: in the full suite, not the fast tier
 def test_implementer_refused_for_budget_stops_the_campaign(env, stubs, tmp_path) -> None:
     stubs.implement_cost, stubs.slots = 1.0, 1
     cfg = config(epochs=5, ideas_per_epoch=4, budget_usd=1.5, ahead=0)  # steady, one idea at a time
@@ -353,6 +354,7 @@ def test_patch_failure_is_revised_then_counted_as_a_failed_idea(env, stubs, tmp_
     assert revisions["idea 1"] == 1 and revisions["idea 2"] == 2
 
 
+@pytest.mark.slow  # over 1 s: in the full suite, not the fast tier
 def test_a_preflight_crash_is_revised_and_never_trained(env, stubs, tmp_path) -> None:
     """Code that crashes in the CPU preflight goes back to the implementer with the error; after the last
     revision the idea fails as preflight_failed, and no crashing package ever reaches run_experiment."""
@@ -383,6 +385,7 @@ def test_a_preflight_crash_is_revised_and_never_trained(env, stubs, tmp_path) ->
     assert by_title["idea 1"].preflight == rec["idea 1"].preflight  # in the archive too (the report reads it)
 
 
+@pytest.mark.slow  # over 1 s: in the full suite, not the fast tier
 def test_preflight_off_trains_without_it(env, stubs, tmp_path) -> None:
     stubs.always_crashing_titles = {"idea 1"}
     cfg = config(epochs=1, ideas_per_epoch=2, run_baseline=False, preflight=False)
@@ -427,6 +430,7 @@ def test_pause_inject_resume_survive_continue_as_new(temporal_env, stubs, tmp_pa
     assert seen["runs_of_paused"] >= 2, "the pause was carried across a continue-as-new"
 
 
+@pytest.mark.slow  # over 1 s: in the full suite, not the fast tier
 def test_budget_cap_stops_planning_and_finishes_what_runs(env, stubs, tmp_path) -> None:
     stubs.ideate_cost = 1.0
     cfg = config(epochs=5, ideas_per_epoch=4, budget_usd=1.5, ideate_batch=2)
@@ -436,6 +440,7 @@ def test_budget_cap_stops_planning_and_finishes_what_runs(env, stubs, tmp_path) 
     assert result.ideas_done == len(stubs.runs) == 1 + stubs.counter, "ideas already planned still run"
 
 
+@pytest.mark.slow  # over 1 s: in the full suite, not the fast tier
 def test_gpu_budget_stops_new_training_and_finishes_what_runs(env, stubs, tmp_path) -> None:
     stubs.spec = stubs.spec.model_copy(
         update={
@@ -462,6 +467,7 @@ def test_gpu_budget_stops_new_training_and_finishes_what_runs(env, stubs, tmp_pa
     assert {s.idea_id: s.device_time.gpu_seconds for s in saved.state.archive} == dict.fromkeys(stubs.runs, 1800.0)
 
 
+@pytest.mark.slow  # over 1 s: in the full suite, not the fast tier
 def test_device_time_of_a_training_that_failed_for_good_is_counted(env, stubs, tmp_path) -> None:
     stubs.gpu_s_per_run = 60.0
     stubs.broken_titles = {"idea 1"}
