@@ -6,7 +6,6 @@ import asyncio
 import logging
 from functools import cached_property
 
-from ideaforge.research_envs.registry import ResearchEnv, load_env
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -40,6 +39,7 @@ from ideaforge.models import (
 )
 from ideaforge.names import idea_id, state_key
 from ideaforge.patch.package import pack_patched
+from ideaforge.research_envs.registry import ResearchEnv, load_env
 from ideaforge.store.artifacts import ObjectStore, StorageError
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ideaforge.research_envs.registry import EnvError
 from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -25,6 +24,7 @@ from temporalio.exceptions import ApplicationError
 from ideaforge.config import Settings
 from ideaforge.models import DeviceTime, Progress, RunRequest, RunResult
 from ideaforge.names import RUN_EXPERIMENT
+from ideaforge.research_envs.registry import EnvError
 from ideaforge.run.devices import DeviceClock, DevicePool
 from ideaforge.run.runner import ExperimentRunner, RunCancelled
 from ideaforge.run.sandbox import SandboxUnavailable

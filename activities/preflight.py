@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from ideaforge.research_envs.registry import EnvError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from ideaforge.config import Settings
 from ideaforge.models import PreflightRequest, PreflightResult
 from ideaforge.names import PREFLIGHT
+from ideaforge.research_envs.registry import EnvError
 from ideaforge.run.preflight import Preflight
 from ideaforge.run.runner import ExperimentRunner, RunCancelled
 from ideaforge.run.sandbox import SandboxUnavailable

@@ -13,7 +13,6 @@ import asyncio
 import logging
 from pathlib import Path
 
-from ideaforge.research_envs.registry import ResearchEnv, load_env
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -29,6 +28,7 @@ from ideaforge.models import (
     RLStepRequest,
     RLStepResult,
 )
+from ideaforge.research_envs.registry import ResearchEnv, load_env
 from ideaforge.rl import online
 from ideaforge.store.artifacts import ObjectStore
 

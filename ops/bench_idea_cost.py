@@ -19,13 +19,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ideaforge.research_envs.registry import load_env  # noqa: E402
-
 from ideaforge.llm import implement_prompt  # noqa: E402
 from ideaforge.llm.ideator import render_context, system_prompt  # noqa: E402
 from ideaforge.llm.pricing import cost_usd, price_for  # noqa: E402
 from ideaforge.llm.prompts import render  # noqa: E402
 from ideaforge.models import Idea, IdeaSummary, IdeateRequest, ImplementRequest, ProviderConfig  # noqa: E402
+from ideaforge.research_envs.registry import load_env  # noqa: E402
 from ideaforge.store.artifacts import LocalStore  # noqa: E402
 
 IDEA_TEXT = (

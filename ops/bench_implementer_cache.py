@@ -21,11 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ideaforge.research_envs.registry import load_env  # noqa: E402
-
 from ideaforge.llm.implement_prompt import system_prompt, user_prompt  # noqa: E402
 from ideaforge.llm.implementer import LLMImplementer  # noqa: E402
 from ideaforge.models import Idea, Implementation, ImplementRequest, ProviderConfig  # noqa: E402
+from ideaforge.research_envs.registry import load_env  # noqa: E402
 from ideaforge.store.artifacts import LocalStore  # noqa: E402
 from tests.fakes.llm_server import FakeLLMServer  # noqa: E402
 

@@ -167,13 +167,13 @@ async def bench(
     cv: float,
     ahead: int | None,
 ) -> dict:
+    from temporalio.worker import Worker
+
     from ideaforge.activities.campaign import CampaignActivities
+    from ideaforge.store.artifacts import open_store
     from ideaforge.workers.main import connect
     from ideaforge.workflows.campaign import CampaignWorkflow
     from ideaforge.workflows.idea import IdeaWorkflow
-    from temporalio.worker import Worker
-
-    from ideaforge.store.artifacts import open_store
 
     client = await connect(settings)
     training = StandInTraining(slots, mean, cv)

@@ -22,11 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from ideaforge.research_envs.registry import ResearchEnv, load_env
-
 from ideaforge.config import Settings
 from ideaforge.models import PreflightRequest, PreflightResult, RunRequest
 from ideaforge.patch.package import pack_tree
+from ideaforge.research_envs.registry import ResearchEnv, load_env
 from ideaforge.run.preflight import Preflight
 from ideaforge.run.runner import ExperimentRunner
 from ideaforge.store.artifacts import LocalStore

@@ -20,11 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from ideaforge.research_envs.registry import load_env
-
 from ideaforge.config import Settings
 from ideaforge.models import RunRequest
 from ideaforge.patch.package import pack_tree
+from ideaforge.research_envs.registry import load_env
 from ideaforge.run import sandbox
 from ideaforge.run.runner import ExperimentRunner
 from ideaforge.run.sandbox import Box, Limits, run_sandboxed, scrubbed_env

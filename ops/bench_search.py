@@ -41,13 +41,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ideaforge.research_envs.registry import ResearchEnv, load_env  # noqa: E402
-from ideaforge.workflows.selection import delta, exploit_share, plan_ideas, update_population  # noqa: E402
-
 from ideaforge.llm.offline import OfflineIdeator, canonical  # noqa: E402
 from ideaforge.models import IdeaPlan, IdeaSummary, IdeateRequest, ProviderConfig, SearchConfig  # noqa: E402
 from ideaforge.names import idea_id  # noqa: E402
 from ideaforge.ranking import ranked  # noqa: E402
+from ideaforge.research_envs.registry import ResearchEnv, load_env  # noqa: E402
+from ideaforge.workflows.selection import delta, exploit_share, plan_ideas, update_population  # noqa: E402
 
 BASELINE = 2.347
 NOISE = 0.009

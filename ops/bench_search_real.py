@@ -22,14 +22,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ideaforge.research_envs.registry import load_env  # noqa: E402
-
 from ideaforge import names  # noqa: E402
 from ideaforge.cli import campaigns, stack  # noqa: E402
 from ideaforge.cli.procs import free_port  # noqa: E402
 from ideaforge.config import Settings  # noqa: E402
 from ideaforge.models import CampaignConfig, CampaignResult, EnvSpec, IdeaSummary, SearchConfig  # noqa: E402
 from ideaforge.ranking import ranked, score  # noqa: E402
+from ideaforge.research_envs.registry import load_env  # noqa: E402
 
 
 def best_so_far(archive: list[IdeaSummary], spec: EnvSpec, epochs: int) -> list[float | None]:
@@ -66,9 +65,8 @@ def confirmed_winner(result: CampaignResult, spec: EnvSpec) -> dict:
 
 async def run_all(settings: Settings, args, spec: EnvSpec) -> list[dict]:
     from ideaforge.activities.campaign import load_archive
-    from ideaforge.workers.main import build_workers, connect
-
     from ideaforge.store.artifacts import open_store
+    from ideaforge.workers.main import build_workers, connect
 
     client = await connect(settings)
     queues = [names.ORCHESTRATOR_QUEUE, names.CPU_QUEUE, "cpu-train", names.PREFLIGHT_QUEUE]

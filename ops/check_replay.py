@@ -17,13 +17,13 @@ import asyncio
 import os
 import sys
 
-from ideaforge.workflows.campaign import CampaignWorkflow
-from ideaforge.workflows.idea import IdeaWorkflow
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from ideaforge.config import Settings
+from ideaforge.workflows.campaign import CampaignWorkflow
+from ideaforge.workflows.idea import IdeaWorkflow
 
 DEFAULT_QUERY = "ExecutionStatus = 'Running'"
 

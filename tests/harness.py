@@ -10,12 +10,12 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from ideaforge.workers.main import build_workers
 from temporalio.client import Client
 
 from ideaforge import names
 from ideaforge.config import Settings
 from ideaforge.models import Progress
+from ideaforge.workers.main import build_workers
 
 ALL_QUEUES = [names.ORCHESTRATOR_QUEUE, names.CPU_QUEUE, "cpu-train", names.PREFLIGHT_QUEUE]
 REPO = Path(__file__).resolve().parents[1]

@@ -22,17 +22,17 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from ideaforge.activities.campaign import load_saved_state  # noqa: E402
-from ideaforge.research_envs.registry import load_env  # noqa: E402
-from ideaforge.workflows.campaign import CampaignWorkflow  # noqa: E402
 from temporalio.client import Client  # noqa: E402
 from temporalio.common import SearchAttributePair, TypedSearchAttributes  # noqa: E402
 from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
 from ideaforge import names  # noqa: E402
+from ideaforge.activities.campaign import load_saved_state  # noqa: E402
 from ideaforge.models import CampaignConfig, ProviderConfig  # noqa: E402
+from ideaforge.research_envs.registry import load_env  # noqa: E402
 from ideaforge.store.artifacts import LocalStore  # noqa: E402
+from ideaforge.workflows.campaign import CampaignWorkflow  # noqa: E402
 from tests.test_workflows_fast import FIXTURES, Stubs, run_campaign  # noqa: E402
 
 HISTORIES = REPO / "tests" / "histories"

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from ideaforge.research_envs.registry import EnvError, load_env
 
 from ideaforge.config import Settings
 from ideaforge.models import ArtifactRef, Progress, RunRequest, RunResult
 from ideaforge.patch.package import pack_tree
+from ideaforge.research_envs.registry import EnvError, load_env
 from ideaforge.run import runner as runner_module
 from ideaforge.run.runner import ExperimentRunner
 from ideaforge.run.sandbox import check_sandbox

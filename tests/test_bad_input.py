@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from ideaforge.research_envs.registry import EnvError, load_env, load_env_folder
 
 from ideaforge.cli.campaigns import CampaignError, load_config
 from ideaforge.patch.apply import PatchError, check_applies, inspect_diff
+from ideaforge.research_envs.registry import EnvError, load_env, load_env_folder
 
 FIXTURES = [Path(__file__).parent / "fixtures" / "envs"]
 

@@ -6,9 +6,6 @@ import asyncio
 import uuid
 
 import pytest
-from ideaforge.research_envs.registry import load_env
-from ideaforge.workflows.campaign import CampaignWorkflow
-from ideaforge.workflows.idea import IdeaWorkflow
 from mlflow.tracking import MlflowClient
 from temporalio.client import WorkflowExecutionStatus
 
@@ -27,6 +24,9 @@ from ideaforge.models import (
     ProviderConfig,
 )
 from ideaforge.names import BEST_METRIC, EPOCH, campaign_workflow_id, experiment_name, idea_id
+from ideaforge.research_envs.registry import load_env
+from ideaforge.workflows.campaign import CampaignWorkflow
+from ideaforge.workflows.idea import IdeaWorkflow
 from tests.harness import running_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -41,7 +41,6 @@ def _config(name: str, **kw) -> CampaignConfig:
 def _full_archive(settings: Settings, result: CampaignResult) -> list[IdeaSummary]:
     """Every executed idea: the result carries a bounded population, the store holds the archive."""
     from ideaforge.activities.campaign import load_archive
-
     from ideaforge.store.artifacts import open_store
 
     return load_archive(open_store(settings), result.archive_ref)
@@ -176,7 +175,6 @@ def test_terminated_campaign_resumes_from_last_completed_epoch(
     served_settings: Settings, temporal_env
 ) -> None:
     from ideaforge.activities.campaign import load_saved_state
-
     from ideaforge.store.artifacts import open_store
 
     client = temporal_env.client

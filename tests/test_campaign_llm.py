@@ -6,9 +6,9 @@ import asyncio
 import uuid
 
 import pytest
-from ideaforge.activities.campaign import load_archive
 from mlflow.tracking import MlflowClient
 
+from ideaforge.activities.campaign import load_archive
 from ideaforge.cli import campaigns
 from ideaforge.config import Settings
 from ideaforge.models import CampaignConfig, CampaignResult, ProviderConfig

@@ -30,15 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from ideaforge.activities.campaign import load_archive
-from ideaforge.research_envs.registry import load_env
-from ideaforge.workflows.campaign import CampaignWorkflow
-from ideaforge.workflows.idea import IdeaWorkflow
 from minio import Minio
 from mlflow.tracking import MlflowClient
 from temporalio.client import Client
 
 from ideaforge import names
+from ideaforge.activities.campaign import load_archive
 from ideaforge.cli import campaigns
 from ideaforge.cli.procs import free_port
 from ideaforge.config import Settings
@@ -53,7 +50,10 @@ from ideaforge.models import (
     ProviderConfig,
 )
 from ideaforge.names import idea_id
+from ideaforge.research_envs.registry import load_env
 from ideaforge.store.artifacts import open_store
+from ideaforge.workflows.campaign import CampaignWorkflow
+from ideaforge.workflows.idea import IdeaWorkflow
 from tests.fixtures.changed_idea_workflow import ChangedIdeaWorkflow
 from tests.harness import (
     REPO,

@@ -14,13 +14,13 @@ import sys
 import uuid
 
 import pytest
-from ideaforge.research_envs.registry import available_envs, load_env
-from ideaforge.workflows.campaign import CampaignWorkflow
 from mlflow.tracking import MlflowClient
 
 from ideaforge.config import Settings
 from ideaforge.models import CampaignResult
 from ideaforge.names import campaign_workflow_id
+from ideaforge.research_envs.registry import available_envs, load_env
+from ideaforge.workflows.campaign import CampaignWorkflow
 from tests.harness import REPO, running_worker
 from tests.mlflow_rows import campaign_runs
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 from env_harness import run_env
-from ideaforge.research_envs.registry import load_env
 
 from ideaforge.models import Progress
+from ideaforge.research_envs.registry import load_env
 
 pytestmark = pytest.mark.slow
 

@@ -7,10 +7,10 @@ import itertools
 import re
 
 import pytest
-from ideaforge.research_envs.registry import ResearchEnv, available_envs, load_env
 
 from ideaforge.models import SearchReplace
 from ideaforge.patch.apply import PatchError, apply_search_replace, check_applies, make_diff
+from ideaforge.research_envs.registry import ResearchEnv, available_envs, load_env
 
 ENVS = ["tiny_gpt", "tiny_grpo", "nanogpt_speedrun", "grpo_math"]
 

@@ -15,9 +15,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from ideaforge.research_envs.registry import load_env
-from ideaforge.workers.main import connect
-from ideaforge.workflows.idea import IdeaWorkflow
 from mlflow.tracking import MlflowClient
 from temporalio.client import WorkflowExecutionStatus
 
@@ -27,6 +24,9 @@ from ideaforge.cli.procs import free_port
 from ideaforge.config import Settings
 from ideaforge.models import CampaignConfig, Idea, IdeaInput, IdeaOutcome, ProviderConfig
 from ideaforge.names import campaign_workflow_id, experiment_name, idea_id
+from ideaforge.research_envs.registry import load_env
+from ideaforge.workers.main import connect
+from ideaforge.workflows.idea import IdeaWorkflow
 from tests.harness import REPO, processes_under, running_worker, spawn_worker, wait_for_checkpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from ideaforge.research_envs.registry import load_env
 
 ENV_MODULES = ("data", "model", "prepare", "evaluate", "launch", "problems", "answer", "engine", "grpo")

@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import pytest
-from ideaforge.research_envs.registry import available_envs, load_env, load_env_folder
 
 from ideaforge.llm.client import LLMClient
 from ideaforge.llm.implement_prompt import (
@@ -24,6 +23,7 @@ from ideaforge.llm.pricing import cost_usd
 from ideaforge.models import Idea, ImplementRequest, ProviderConfig, SampleAttempt, Usage
 from ideaforge.names import idea_id
 from ideaforge.patch.apply import make_diff
+from ideaforge.research_envs.registry import available_envs, load_env, load_env_folder
 from ideaforge.store.artifacts import LocalStore
 from tests.fakes.llm_server import FakeLLMServer
 

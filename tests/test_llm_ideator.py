@@ -344,9 +344,9 @@ def test_a_refinement_of_its_own_parent_is_kept(server, env):
 def test_ideate_activity_gives_an_80_idea_epoch_on_a_cpu_env(server, tmp_path):
     """The campaign's ideate activity (as the worker runs it) on the tiny_gpt CPU env: 80 ideas asked, at
     least 76 distinct ones back, numbered after the human idea, with usage and the env's guidance sent."""
-    from ideaforge.activities.campaign import CampaignActivities
     from temporalio.testing import ActivityEnvironment
 
+    from ideaforge.activities.campaign import CampaignActivities
     from ideaforge.config import Settings
 
     archive = winners(30)

@@ -6,12 +6,12 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from ideaforge.research_envs.registry import load_env
 
 from ideaforge.llm.offline import OfflineIdeator, OfflineImplementer, canonical, recipe_from_text
 from ideaforge.models import IdeaPlan, IdeaSummary, IdeateRequest, ImplementRequest, Mutation, ProviderConfig
 from ideaforge.names import idea_id
 from ideaforge.patch.package import patched_tree
+from ideaforge.research_envs.registry import load_env
 from ideaforge.store.artifacts import LocalStore
 
 FIXTURES = [Path(__file__).parent / "fixtures" / "envs"]

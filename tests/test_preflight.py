@@ -8,13 +8,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from ideaforge.activities.preflight import PreflightActivities
-from ideaforge.research_envs.registry import load_env
 from temporalio.testing import ActivityEnvironment
 
+from ideaforge.activities.preflight import PreflightActivities
 from ideaforge.config import Settings
 from ideaforge.models import ArtifactRef, EnvSpec, PreflightRequest, PreflightResult
 from ideaforge.patch.package import pack_tree
+from ideaforge.research_envs.registry import load_env
 from ideaforge.run.preflight import Preflight
 from ideaforge.run.runner import ExperimentRunner
 from ideaforge.store.artifacts import LocalStore

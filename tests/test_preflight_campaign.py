@@ -12,11 +12,10 @@ import asyncio
 import uuid
 
 import pytest
-from ideaforge.activities.campaign import load_archive
-from ideaforge.research_envs.registry import load_env
 from mlflow.tracking import MlflowClient
 
 from ideaforge import names
+from ideaforge.activities.campaign import load_archive
 from ideaforge.cli import campaigns
 from ideaforge.config import Settings
 from ideaforge.models import (
@@ -29,6 +28,7 @@ from ideaforge.models import (
     RunRequest,
 )
 from ideaforge.names import experiment_name, idea_id
+from ideaforge.research_envs.registry import load_env
 from ideaforge.run.runner import ExperimentRunner
 from ideaforge.store.artifacts import open_store
 from tests.fakes.llm_server import FakeLLMServer

@@ -13,11 +13,12 @@ import json
 from pathlib import Path
 
 import pytest
-from ideaforge.workflows.campaign import CampaignWorkflow
-from ideaforge.workflows.idea import IdeaWorkflow
 from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
+
+from ideaforge.workflows.campaign import CampaignWorkflow
+from ideaforge.workflows.idea import IdeaWorkflow
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 

@@ -12,7 +12,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from ideaforge.research_envs.registry import load_env
 
 from ideaforge import names
 from ideaforge.config import Settings
@@ -20,6 +19,7 @@ from ideaforge.models import Idea, IdeaInput, IdeaOutcome, ProviderConfig
 from ideaforge.names import idea_id
 from ideaforge.patch.answer import apply_answer
 from ideaforge.patch.apply import PatchError
+from ideaforge.research_envs.registry import load_env
 from ideaforge.store.artifacts import open_store
 from tests.fakes.llm_server import FakeLLMServer
 from tests.harness import running_worker

@@ -21,10 +21,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from ideaforge.research_envs.registry import load_env
 
 from ideaforge.config import Settings
 from ideaforge.models import RLCampaignConfig, RLConfig, RLResumePoint, RLScored, RLStepRequest
+from ideaforge.research_envs.registry import load_env
 from ideaforge.rl.online import read_reply, resume_point, rl_messages, stored_step, tiny_corpus, train_step
 from ideaforge.rl.trainer import latest_pointer
 from ideaforge.store.artifacts import LocalStore, open_store
@@ -256,8 +256,9 @@ def test_update_is_idempotent_and_refuses_a_step_the_store_cannot_continue(tmp_p
 
 async def _wait_for_update_attempt(client, workflow_id: str, step_phase: str, timeout_s: float = 600) -> None:
     """Until the campaign is in ``step_phase`` and its rl_update activity has been picked up by a worker."""
-    from ideaforge.workflows.rl_campaign import RLCampaignWorkflow
     from temporalio.api.enums.v1 import PendingActivityState
+
+    from ideaforge.workflows.rl_campaign import RLCampaignWorkflow
 
     handle = client.get_workflow_handle(workflow_id)
     deadline = time.monotonic() + timeout_s

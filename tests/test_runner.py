@@ -14,17 +14,17 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from ideaforge.activities.experiment import ExperimentActivities, resume_point
-from ideaforge.research_envs.registry import EnvError, files_digest, load_env
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
+from ideaforge.activities.experiment import ExperimentActivities, resume_point
 from ideaforge.config import Settings
 from ideaforge.models import ArtifactRef, CurvePoint, DeviceTime, Progress, RunRequest, RunResult
 from ideaforge.names import RUN_EXPERIMENT
 from ideaforge.patch.package import pack_tree
+from ideaforge.research_envs.registry import EnvError, files_digest, load_env
 from ideaforge.run.codetree import restore_protected
 from ideaforge.run.devices import DeviceClock, DevicePool, cpu_slots, parse_gpu_list
 from ideaforge.run.runner import ExperimentRunner, RunCancelled, downsample

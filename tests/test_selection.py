@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+from ideaforge.models import IdeaSummary, SearchConfig
+from ideaforge.ranking import best_idea, ranked, score
 from ideaforge.workflows.selection import (
     choose_parents,
     confirm_candidates,
@@ -12,9 +14,6 @@ from ideaforge.workflows.selection import (
     plan_ideas,
     update_population,
 )
-
-from ideaforge.models import IdeaSummary, SearchConfig
-from ideaforge.ranking import best_idea, ranked, score
 
 
 def s(i: str, metric: float | None, status: str = "ok", origin: str = "explore", confirmed=()) -> IdeaSummary:

@@ -17,10 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from ideaforge.activities.campaign import CampaignActivities, load_archive, load_saved_state
-from ideaforge.research_envs.registry import load_env
-from ideaforge.workflows.campaign import CampaignWorkflow
-from ideaforge.workflows.idea import IdeaWorkflow
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -29,6 +25,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from ideaforge import names
+from ideaforge.activities.campaign import CampaignActivities, load_archive, load_saved_state
 from ideaforge.config import Settings
 from ideaforge.models import (
     ArtifactRef,
@@ -57,7 +54,10 @@ from ideaforge.models import (
     Usage,
 )
 from ideaforge.names import campaign_workflow_id
+from ideaforge.research_envs.registry import load_env
 from ideaforge.store.artifacts import LocalStore
+from ideaforge.workflows.campaign import CampaignWorkflow
+from ideaforge.workflows.idea import IdeaWorkflow
 
 FIXTURES = [Path(__file__).parent / "fixtures" / "envs"]
 TEST_SERVER = shutil.which("temporal-test-server") or str(Path(__file__).parents[1] / ".venv/bin/temporal-test-server")

@@ -18,23 +18,23 @@ import logging
 import os
 import signal
 
-from ideaforge.activities.campaign import CampaignActivities
-from ideaforge.activities.experiment import ExperimentActivities
-from ideaforge.activities.preflight import PreflightActivities
-from ideaforge.activities.rl import RLActivities
-from ideaforge.workflows.campaign import CampaignWorkflow
-from ideaforge.workflows.idea import IdeaWorkflow
-from ideaforge.workflows.rl_campaign import RLCampaignWorkflow
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 from ideaforge import names
+from ideaforge.activities.campaign import CampaignActivities
+from ideaforge.activities.experiment import ExperimentActivities
+from ideaforge.activities.preflight import PreflightActivities
+from ideaforge.activities.rl import RLActivities
 from ideaforge.config import Settings
 from ideaforge.models import training_queue
 from ideaforge.run.devices import DevicePool, cpu_slots, detect_gpus
 from ideaforge.run.sandbox import SandboxUnavailable, check_sandbox
 from ideaforge.store.artifacts import open_store
+from ideaforge.workflows.campaign import CampaignWorkflow
+from ideaforge.workflows.idea import IdeaWorkflow
+from ideaforge.workflows.rl_campaign import RLCampaignWorkflow
 
 log = logging.getLogger("ideaforge.worker")
 

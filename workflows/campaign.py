@@ -39,16 +39,6 @@ from temporalio.exceptions import (
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
-    from ideaforge.workflows.idea import BUDGET_STOP, CPU_RETRY, RECORD_RETRY, IdeaWorkflow
-    from ideaforge.workflows.selection import (
-        CHILD_HISTORY,
-        confirm_candidates,
-        delta,
-        exploit_share,
-        plan_ideas,
-        update_population,
-    )
-
     from ideaforge import names
     from ideaforge.models import (
         CampaignConfig,
@@ -75,6 +65,15 @@ with workflow.unsafe.imports_passed_through():
     )
     from ideaforge.names import BEST_METRIC, ENV, EPOCH, experiment_name, idea_id
     from ideaforge.ranking import best_idea, score
+    from ideaforge.workflows.idea import BUDGET_STOP, CPU_RETRY, RECORD_RETRY, IdeaWorkflow
+    from ideaforge.workflows.selection import (
+        CHILD_HISTORY,
+        confirm_candidates,
+        delta,
+        exploit_share,
+        plan_ideas,
+        update_population,
+    )
 
 CHUNK = 32  # completed ideas per archive chunk in the store
 MAX_NOTES = 10

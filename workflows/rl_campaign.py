@@ -25,8 +25,6 @@ from temporalio.common import RetryPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from ideaforge.workflows.idea import CPU_RETRY, IdeaWorkflow
-
     from ideaforge import names
     from ideaforge.models import (
         MAX_RL_HISTORY,
@@ -50,6 +48,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from ideaforge.names import experiment_name, idea_id
     from ideaforge.rewards import compute_reward
+    from ideaforge.workflows.idea import CPU_RETRY, IdeaWorkflow
 
 SAMPLE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=2),
