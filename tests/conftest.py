@@ -70,6 +70,31 @@ def temporal_env():
         asyncio.run(env.shutdown())
 
 
+@pytest.fixture(autouse=True)
+def _no_workflow_left_running(request: pytest.FixtureRequest):
+    """After a test on the session's Temporal server, terminate what it left running: a failed test must not
+    leave workflows that the next test's workers (same task queues) would pick up and fail on."""
+    yield
+    if "temporal_env" not in request.fixturenames:
+        return
+    client = request.getfixturevalue("temporal_env").client
+
+    async def sweep() -> list[str]:
+        left = [wf.id async for wf in client.list_workflows("ExecutionStatus='Running'")]
+        for wid in left:
+            try:
+                await client.get_workflow_handle(wid).terminate(reason=f"left running by {request.node.nodeid}")
+            except Exception:  # noqa: BLE001 - it may have closed meanwhile
+                pass
+        return left
+
+    left = asyncio.run(sweep())
+    if left:
+        import logging
+
+        logging.getLogger(__name__).warning("%s left %d workflow(s) running: %s", request.node.nodeid, len(left), left[:8])
+
+
 @pytest.fixture(scope="session")
 def temporal_address(temporal_env) -> str:
     """``host:port`` of the session Temporal server."""

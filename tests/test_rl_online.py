@@ -311,7 +311,7 @@ def test_rl_campaign_on_temporal_trains_serves_and_survives_a_killed_trainer(
 
     async def scenario() -> tuple[RLCampaignResult, RLCampaignResult]:
         nonlocal trainer2
-        async with running_worker(client, served_settings, ["orchestrator", "cpu", "cpu-train"], slots=2):
+        async with running_worker(client, served_settings, ["orchestrator", "cpu", "cpu-train", "preflight"], slots=2):
             handle, what = await rlc.start(client, cfg)
             assert what == "started"
             assert (await rlc.start(client, cfg))[1] == "attached"  # idempotent by name
