@@ -21,14 +21,11 @@ tagged ``unsafe``.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
 import json
 import logging
 import os
 import re
-import resource
 import selectors
 import shutil
 import signal
@@ -196,7 +193,6 @@ class SandboxResult:
 
 MAX_LINE_BYTES = 1024 * 1024  # longer lines reach the log but not on_line
 WATCH_EVERY_S = 0.25
-_PR_SET_PDEATHSIG = 1
 _GPU_SHARED_NODES = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset")
 
 
@@ -366,32 +362,26 @@ def check_sandbox() -> str:
     return "bwrap"
 
 
-def _preexec(cgroup: Cgroup | None, limits: Limits) -> Callable[[], None]:
-    libc = _libc()
-
-    def apply() -> None:  # runs in the child between fork and exec (still root)
-        if cgroup is not None:
-            cgroup.join(os.getpid())
-        if libc is not None:  # die with the worker: a kill -9'd worker must leave no training running
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        if limits.cpu_s:
-            soft = max(1, int(limits.cpu_s))
-            resource.setrlimit(resource.RLIMIT_CPU, (soft, soft + 5))
-        if limits.file_bytes:
-            resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_bytes, limits.file_bytes))
-        if cgroup is not None and limits.max_pids:  # per uid: the sandbox's uid is its own
-            resource.setrlimit(resource.RLIMIT_NPROC, (limits.max_pids, limits.max_pids))
-
-    return apply
+_JOIN_THEN_EXEC = 'p=$$; while [ "$1" != "--" ]; do echo "$p" > "$1" || exit 125; shift; done; shift; exec "$@"'
 
 
-@functools.cache
-def _libc():  # noqa: ANN202 - ctypes handle, loaded before fork (never inside the child)
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError:
-        return None
+def _launcher(cgroup: Cgroup | None, limits: Limits) -> list[str]:
+    """The argv prefix that puts a command in its cgroup, ties it to the worker and sets its rlimits, all by
+    exec before the command runs. (Not a ``preexec_fn``: Python code between fork and exec can deadlock in a
+    worker with threads, leaving a training slot stuck forever.)"""
+    prefix: list[str] = []
+    if cgroup is not None:  # the shell moves itself (same pid as everything it execs) into the group
+        prefix += ["/bin/sh", "-c", _JOIN_THEN_EXEC, "ideaforge-join", *map(str, cgroup.procs_files), "--"]
+    prefix += ["setpriv", "--pdeathsig", "KILL"]  # die with the worker: no training left after a kill -9
+    rl = ["prlimit", "--core=0:0"]
+    if limits.cpu_s:
+        soft = max(1, int(limits.cpu_s))
+        rl.append(f"--cpu={soft}:{soft + 5}")
+    if limits.file_bytes:
+        rl.append(f"--fsize={limits.file_bytes}:{limits.file_bytes}")
+    if cgroup is not None and limits.max_pids:  # per uid: the sandbox's uid is its own
+        rl.append(f"--nproc={limits.max_pids}:{limits.max_pids}")
+    return prefix + rl + ["--"]
 
 
 def _killpg(pid: int, sig: int) -> None:
@@ -453,9 +443,9 @@ def run_sandboxed(
                 cgroup = create_cgroup("cmd", memory_bytes=limits.memory_bytes, max_pids=limits.max_pids)
             except CgroupUnavailable as e:
                 raise SandboxUnavailable(str(e)) from e
-            full = [*bwrap_argv(box, user, python), *argv]
+            full = [*_launcher(cgroup, limits), *bwrap_argv(box, user, python), *argv]
         else:
-            full = list(argv)
+            full = [*_launcher(None, limits), *argv]
         try:
             proc = subprocess.Popen(
                 full,
@@ -465,7 +455,6 @@ def run_sandboxed(
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_preexec(cgroup, limits),
             )
         except OSError as e:
             if log_file:
