@@ -27,7 +27,7 @@ from ideaforge.models import PreflightCost, PreflightRequest, PreflightResult, P
 from ideaforge.research_envs.registry import ResearchEnv
 from ideaforge.run.codetree import remove_files, restore_protected, shadowing_files, unpack_code
 from ideaforge.run.protocol import error_tail, is_protocol_line, parse_line
-from ideaforge.run.runner import MB, ExperimentRunner, RunCancelled, safe_name
+from ideaforge.run.runner import MB, ExperimentRunner, RunCancelled, StopFlag, safe_name
 from ideaforge.run.sandbox import Box, Cancellable, Limits, SandboxResult, run_sandboxed, scrubbed_env
 from ideaforge.store.artifacts import StorageError
 
@@ -69,21 +69,6 @@ class _Dirs:
     @property
     def run_log(self) -> Path:
         return self.root / "preflight.log"
-
-
-class _StopAt:
-    """Stop flag for the sandbox: set when training reports the step the preflight waits for, or on cancel."""
-
-    def __init__(self, external: Cancellable | None) -> None:
-        self.reached = threading.Event()
-        self.external = external
-
-    @property
-    def cancelled(self) -> bool:
-        return self.external is not None and self.external.is_set()
-
-    def is_set(self) -> bool:
-        return self.reached.is_set() or self.cancelled
 
 
 def _limit_hit(res: SandboxResult) -> str | None:
@@ -164,7 +149,7 @@ class Preflight:
         files = changed_python_files(dirs.code, env)
         cost = PreflightCost(runs=1)
 
-        stop = _StopAt(cancel)
+        stop = StopFlag(cancel)
         if files:
             res = self._sandboxed(
                 ["{python}", "-I", "-c", _COMPILE, *files],
@@ -191,7 +176,7 @@ class Preflight:
         cost = self._add(cost, res)
         if stop.cancelled:
             raise RunCancelled(f"{req.idea_id}: preflight cancelled")
-        if stop.reached.is_set() or res.ok:
+        if stop.internal.is_set() or res.ok:
             return PreflightResult(status="passed", stage="run", checked_files=files, cost=cost)
         limit = _limit_hit(res)
         if limit:
@@ -209,7 +194,7 @@ class Preflight:
         msg = f"the patched code exited with {res.returncode} in the first training steps on the CPU:\n{tail}"
         return self._failed(req, env, "run", msg, cost, files)
 
-    def _run_stage(self, env: ResearchEnv, pf: PreflightSpec, dirs: _Dirs, stop: _StopAt) -> SandboxResult:
+    def _run_stage(self, env: ResearchEnv, pf: PreflightSpec, dirs: _Dirs, stop: StopFlag) -> SandboxResult:
         """The env's preflight command on the unpacked code in ``dirs``, in the training sandbox, on the CPU."""
 
         def on_line(line: str) -> None:  # sandbox thread: stop once training reports the step we wait for
@@ -219,7 +204,7 @@ class Preflight:
             if parsed and parsed[0] == "progress":
                 step = parsed[1].get("step")
                 if isinstance(step, int | float) and step >= pf.stop_at_step:
-                    stop.reached.set()
+                    stop.internal.set()
 
         return self._sandboxed(
             pf.command or env.spec.run_command,
@@ -257,11 +242,11 @@ class Preflight:
                 dirs.out.mkdir(parents=True)
                 shutil.copytree(env.baseline, dirs.code, ignore=shutil.ignore_patterns("__pycache__"))
                 remove_files(dirs.code, env.spec.eval_only_files)
-                stop = _StopAt(cancel)
+                stop = StopFlag(cancel)
                 res = self._run_stage(env, pf, dirs, stop)
                 if stop.cancelled:
                     raise RunCancelled("preflight cancelled while checking the baseline")
-                failed = not (stop.reached.is_set() or res.ok or _limit_hit(res))
+                failed = not (stop.internal.is_set() or res.ok or _limit_hit(res))
                 why = self._scrub(error_tail(dirs.run_log), dirs)[-1000:] if failed else None
             finally:
                 shutil.rmtree(dirs.root, ignore_errors=True)
@@ -298,7 +283,7 @@ class Preflight:
         env_vars: dict[str, str],
         limits: Limits,
         log_path: Path,
-        stop: _StopAt,
+        stop: StopFlag,
         on_line=None,  # noqa: ANN001 - Callable[[str], None] | None
     ) -> SandboxResult:
         return run_sandboxed(

@@ -131,8 +131,9 @@ class AttemptDirs:
         return self.root / "eval.log"
 
 
-class _Stop:
-    """Stop flag the sandbox polls: set by the runner (NaN) or by the caller's cancel event."""
+class StopFlag:
+    """Stop flag the sandbox polls: ``internal`` is set by its owner (the runner on NaN, the preflight once the
+    step it waits for is reported), ``external`` is the caller's cancel event."""
 
     def __init__(self, external: Cancellable | None) -> None:
         self.internal = threading.Event()
@@ -237,7 +238,7 @@ class ExperimentRunner:
         t0 = time.monotonic()
         mode = check_sandbox()
         plan = resolved or self.resolve(req)
-        stop = _Stop(cancel_event)
+        stop = StopFlag(cancel_event)
         ready = await self._guarded(asyncio.to_thread(self.prepare, plan.env, plan.profile, stop), stop)
         if stop.cancelled or not ready:
             raise RunCancelled("cancelled while preparing the env")
@@ -292,7 +293,7 @@ class ExperimentRunner:
         req: RunRequest,
         heartbeat: Callable[[Progress], None] | None,
         resume: Progress | None,
-        stop: _Stop,
+        stop: StopFlag,
         device_ids: list[int],
     ) -> RunResult:
         env, spec, res = plan.env, plan.env.spec, plan.resources
@@ -388,7 +389,7 @@ class ExperimentRunner:
         env_vars: dict[str, str],
         limits: Limits,
         state: TrainState,
-        stop: _Stop,
+        stop: StopFlag,
         heartbeat: Callable[[Progress], None] | None,
     ) -> SandboxResult:
         """Run the training command; protocol lines go to an asyncio queue handled on the event loop."""
@@ -426,7 +427,7 @@ class ExperimentRunner:
         plan: Resolved,
         dirs: AttemptDirs,
         state: TrainState,
-        stop: _Stop,
+        stop: StopFlag,
         heartbeat: Callable[[Progress], None] | None,
         last_beat: list[float],
     ) -> None:
@@ -478,7 +479,7 @@ class ExperimentRunner:
         zip_bytes: bytes,
         env_vars: dict[str, str],
         device_ids: list[int],
-        stop: _Stop,
+        stop: StopFlag,
     ) -> SandboxResult:
         """A fresh unpack with the pinned protected files, evaluated in its own sandbox."""
         env, spec, res = plan.env, plan.env.spec, plan.resources
@@ -523,7 +524,7 @@ class ExperimentRunner:
         env_vars: dict[str, str],
         limits: Limits,
         log_path: Path,
-        stop: _Stop,
+        stop: StopFlag,
         on_line: Callable[[str], None] | None = None,
     ) -> SandboxResult:
         return await self._guarded(
@@ -600,7 +601,7 @@ class ExperimentRunner:
 
     # ------------------------------------------------------------------ helpers
 
-    async def _guarded(self, fut: Any, stop: _Stop) -> Any:
+    async def _guarded(self, fut: Any, stop: StopFlag) -> Any:
         """Await a thread's work; on asyncio cancellation stop the command, wait for it, re-raise."""
         task = asyncio.ensure_future(fut)
         try:
