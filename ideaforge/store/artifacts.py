@@ -24,7 +24,7 @@ from ideaforge.models import ArtifactRef
 
 CHUNK = 1024 * 1024
 MAX_IN_MEMORY = 256 * 1024**2  # get_bytes refuses larger objects: use get_file
-NAMED_READ_ATTEMPTS = 4  # a named object read while its writer is between the object and its sidecar
+NAMED_READ_ATTEMPTS = 4  # a named object read while its writer is between the sidecar and the object
 
 
 class StorageError(RuntimeError):
@@ -165,16 +165,20 @@ class ObjectStore(ABC):
         return dest
 
     def put_named(self, key: str, data: bytes) -> ArtifactRef:
-        """Write a mutable object under a fixed key (e.g. a campaign's saved state), with a digest sidecar."""
+        """Write a mutable object under a fixed key (e.g. a campaign's saved state), with a digest sidecar.
+
+        The sidecar is written first: a reader between the two writes sees either no object yet (first write: None)
+        or the old object against the new sidecar (a mismatch that :meth:`get_named` reads again), never an object
+        without its sidecar."""
         ref = ArtifactRef(uri=self.uri_for(f"named/{key}"), sha256=sha256_bytes(data), size=len(data))
-        self._write(f"named/{key}", data)
         self._write(f"named-digest/{key}", ref.model_dump_json().encode())
+        self._write(f"named/{key}", data)
         return ref
 
     def get_named(self, key: str) -> bytes | None:
         """The object under ``key`` (None if never written), checked against its digest sidecar.
 
-        A writer replaces the object, then its sidecar: a read between the two sees a mismatch, so a mismatch
+        A writer replaces the sidecar, then the object: a read between the two sees a mismatch, so a mismatch
         is read again (a few times) before it is called corruption."""
         for attempt in range(NAMED_READ_ATTEMPTS):
             data = self._read(f"named/{key}")
