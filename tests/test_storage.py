@@ -158,17 +158,13 @@ def test_local_key_cannot_escape(tmp_path: Path) -> None:
 def test_local_disk_full_simulated(tmp_path: Path, monkeypatch) -> None:
     s = LocalStore(tmp_path / "st")
 
-    class FullFile(io.BytesIO):
-        def write(self, b) -> int:  # noqa: ANN001
-            raise OSError(errno.ENOSPC, "No space left on device")
+    real_write = Path.write_bytes
 
-    real_fdopen = os.fdopen
+    def write_bytes(self, data) -> int:  # noqa: ANN001 - a part lands, then the disk is full
+        real_write(self, data[:10])
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    def fdopen(fd, *a, **kw):  # noqa: ANN001
-        real_fdopen(fd, *a, **kw).close()
-        return FullFile()
-
-    monkeypatch.setattr(storage.os, "fdopen", fdopen)
+    monkeypatch.setattr(storage.Path, "write_bytes", write_bytes)
     with pytest.raises(StorageError, match=r"cannot write artifact cas/zip/.*No space left on device"):
         s.put_bytes(b"x" * 1000, kind="zip")
     assert not [p for p in (tmp_path / "st").rglob("*") if p.is_file()]  # no temp file left behind

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlparse
@@ -224,20 +225,7 @@ class LocalStore(ObjectStore):
         return p
 
     def _write(self, key: str, data: bytes) -> None:
-        p = self._path(key)
-        tmp: str | None = None
-        try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, p)
-        except OSError as e:
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
-            raise StorageError(f"cannot write artifact {key} under {self.base}: {e.strerror or e}") from e
+        self._place(key, lambda tmp: Path(tmp).write_bytes(data))
 
     def _read(self, key: str) -> bytes | None:
         p = self._path(key)
@@ -258,13 +246,17 @@ class LocalStore(ObjectStore):
             raise StorageError(f"cannot read artifact {key} under {self.base}: {e.strerror or e}") from e
 
     def _store_file(self, key: str, path: Path) -> None:
+        self._place(key, lambda tmp: shutil.move(str(path), tmp))
+
+    def _place(self, key: str, fill: Callable[[str], object]) -> None:
+        """Atomically put what ``fill`` writes to a temp file beside the key's path there (fsync, then rename)."""
         p = self._path(key)
         tmp: str | None = None
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp-")
             os.close(fd)
-            shutil.move(str(path), tmp)
+            fill(tmp)
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, p)
