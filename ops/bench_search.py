@@ -1,8 +1,16 @@
-"""Paired search benchmark on a SURROGATE of tiny_gpt: evolution vs best-of-N vs random, equal budget.
+"""Paired search benchmark on tiny_gpt: evolution vs best-of-N vs random, equal budget.
 
-THE METRIC IS A SURROGATE, NOT TRAINING. Real tiny_gpt runs take 1-3 min each on this machine; a paired
-benchmark of 40 experiments x 16 seeds x 3 strategies would need ~2,000 of them. Instead, the val_loss of a
-recipe on a seed is
+Two landscapes give a recipe's val_loss on a seed (``--landscape``):
+
+``runs`` (REAL TRAINING): the shipped cache of real tiny_gpt runs, ops/data/tiny_gpt_runs.jsonl, keyed by
+(recipe, training seed) under the env's ``search_cache`` profile (40 optimizer steps, one CPU thread; see
+ops/run_cache.py for how a row is made). Every search run of a recipe uses training seed
+``campaign seed % --search-seeds`` (default 1: seed 0), confirmations use training seeds 1001-1003 (never used
+by the search). ``--fill`` trains a missing (recipe, seed) for real (~22 s each) and appends it; without it a
+miss is an error that names the key. ``--shard i/n`` runs only campaign seeds = i mod n, so n processes fill
+in parallel; a later read-only pass sees exactly the rows they used.
+
+``surrogate`` (NOT TRAINING): the val_loss of a recipe on a seed is
     2.347 (measured baseline mean) + sum of its changes' effects + pairwise interactions + noise(seed),
 where the effects are the measured ones of research_envs/tiny_gpt/README.md and DESIGN.md where they exist
 (rope -0.33, LEARNING_RATE=1e-2 +0.28, cosine_warmup +0.06, rmsnorm -0.03, tie_weights +0.01,
@@ -10,7 +18,7 @@ LEARNING_RATE=3e-3 -0.05) and otherwise a fixed draw from N(0, 0.04) per change 
 seed sees the same landscape); interactions are a fixed draw from N(0, 0.02) per pair; the seed noise is
 N(0, 0.009) (the measured baseline std), drawn from (recipe, seed).
 
-What is real: the search code. Each campaign runs the real policy (workflows/selection.py: plan, noise-aware
+What is real in both: the search code. Each campaign runs the real policy (workflows/selection.py: plan, noise-aware
 UCB parents, explore floor, crossover, bounded population) and the real offline ideator on tiny_gpt's real
 catalogue, then confirms its best single run on 3 fresh seeds. The three strategies share the campaign seed
 (paired). Prints per strategy the mean confirmed winner and the paired bootstrap 95% confidence intervals of
@@ -24,6 +32,8 @@ than slots + ahead ideas are in flight it plans the deficit, parents chosen from
 of order. Same budget of experiments in both.
 
     .venv/bin/python ops/bench_search.py --seeds 16 --epochs 5 --ideas 8 --schedules sync,steady
+    .venv/bin/python ops/bench_search.py --landscape runs --seeds 12 --schedules sync   # from the shipped cache
+    .venv/bin/python ops/bench_search.py --landscape runs --seeds 12 --fill --shard 0/2 &  # grow the cache
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ import asyncio
 import hashlib
 import heapq
 import json
+import logging
 import math
 import random
 import statistics
@@ -47,6 +58,7 @@ from ideaforge.names import idea_id  # noqa: E402
 from ideaforge.ranking import ranked  # noqa: E402
 from ideaforge.research_envs.registry import ResearchEnv, load_env  # noqa: E402
 from ideaforge.workflows.selection import delta, exploit_share, plan_ideas, update_population  # noqa: E402
+from ops.run_cache import RunCache  # noqa: E402
 
 BASELINE = 2.347
 NOISE = 0.009
@@ -67,14 +79,51 @@ def _gauss(key: str, sd: float) -> float:
 def true_loss(recipe: tuple) -> float:
     """The surrogate's noise-free val_loss of a recipe (canonical form)."""
     effects = [MEASURED.get((op, v), _gauss(f"effect:{op}={v}", 0.04)) for op, v in recipe]
-    pairs = sum(
-        _gauss(f"pair:{a}|{b}", 0.02) for i, a in enumerate(recipe) for b in recipe[i + 1 :]
-    )
+    pairs = sum(_gauss(f"pair:{a}|{b}", 0.02) for i, a in enumerate(recipe) for b in recipe[i + 1 :])
     return BASELINE + sum(effects) + pairs
 
 
 def observed(recipe: tuple, seed: int) -> float:
     return true_loss(recipe) + _gauss(f"noise:{recipe}:{seed}", NOISE)
+
+
+CONFIRM_SEEDS = (1001, 1002, 1003)  # fresh training seeds for the winner, never used by a search run
+RUNS = Path(__file__).resolve().parent / "data" / "tiny_gpt_runs.jsonl"
+
+
+class Surrogate:
+    """The surrogate landscape: every campaign seed is its own noise draw; ``true`` is known."""
+
+    name, noise = "SURROGATE of tiny_gpt (not training)", NOISE
+
+    def observed(self, recipe: tuple, campaign_seed: int) -> float | None:
+        return observed(recipe, campaign_seed)
+
+    def confirm(self, recipe: tuple, campaign_seed: int) -> list[float | None]:
+        return [observed(recipe, campaign_seed + 1000 * (k + 1)) for k in range(len(CONFIRM_SEEDS))]
+
+    def true(self, recipe: tuple) -> float | None:
+        return true_loss(recipe)
+
+
+class Runs:
+    """Real tiny_gpt runs from the cache: search runs at seed ``campaign seed % search_seeds``."""
+
+    def __init__(self, cache: RunCache, search_seeds: int) -> None:
+        self.cache, self.search_seeds = cache, search_seeds
+        self.name = f"REAL tiny_gpt runs ({cache.path.name}, {cache.steps} steps, profile {cache.profile})"
+        base = [cache.metric((), s) for s in CONFIRM_SEEDS]
+        ok = [b for b in base if b is not None]
+        self.noise = statistics.stdev(ok) if len(ok) > 1 else NOISE  # the baseline's seed noise, measured
+
+    def observed(self, recipe: tuple, campaign_seed: int) -> float | None:
+        return self.cache.metric(recipe, campaign_seed % self.search_seeds)
+
+    def confirm(self, recipe: tuple, campaign_seed: int) -> list[float | None]:
+        return [self.cache.metric(recipe, s) for s in CONFIRM_SEEDS]
+
+    def true(self, recipe: tuple) -> float | None:
+        return None
 
 
 def run_time(key: str) -> float:
@@ -86,14 +135,16 @@ def run_time(key: str) -> float:
 class Search:
     """The campaign's search state, with the real policy and ideator: plan ``n`` ideas, take results."""
 
-    def __init__(self, env: ResearchEnv, strategy: str, seed: int, epochs: int) -> None:
-        self.env, self.strategy, self.seed, self.epochs = env, strategy, seed, epochs
+    def __init__(
+        self, env: ResearchEnv, land: Surrogate | Runs, strategy: str, seed: int, epochs: int
+    ) -> None:
+        self.env, self.land, self.strategy, self.seed, self.epochs = env, land, strategy, seed, epochs
         self.search = SearchConfig(strategy=strategy)
         self.ideator = OfflineIdeator()
         self.name = f"bench-{seed}"
         self.base = IdeaSummary(
             idea_id=idea_id(self.name, 0, 0), epoch=0, title="baseline", text="baseline", origin="baseline",
-            recipe=[], status="ok", metric=observed((), seed),
+            recipe=[], status="ok", metric=land.observed((), seed),
         )  # fmt: skip
         self.archive = [self.base]
         self.population = update_population([], self.base, "min", self.search.population)
@@ -108,7 +159,9 @@ class Search:
         for s in in_flight:
             for pid in s.parent_ids:
                 counts[pid] = counts.get(pid, 0) + 1
-        plan = plan_ideas(n, self.population, counts, self.base.metric, NOISE, "min", self.search, share, rng)
+        plan = plan_ideas(
+            n, self.population, counts, self.base.metric, self.land.noise, "min", self.search, share, rng
+        )
         by_id = {s.idea_id: s for s in self.population}
         parents = [by_id[p] for p in dict.fromkeys(pid for pl in plan for pid in pl.parent_ids)]
         req = IdeateRequest(
@@ -120,14 +173,16 @@ class Search:
         )  # fmt: skip
         res = asyncio.run(self.ideator.propose(req, self.env))
         self.n_planned += n
-        return [
-            IdeaSummary(
+        out = []
+        for k, idea in enumerate(res.ideas[:n]):
+            metric = self.land.observed(canonical(idea.recipe), self.seed)
+            out.append(IdeaSummary(
                 idea_id=idea_id(self.name, epoch, index + k), epoch=epoch, title=idea.title, text=idea.text,
-                origin=idea.origin, parent_ids=idea.parent_ids, recipe=idea.recipe, status="ok",
-                metric=observed(canonical(idea.recipe), self.seed),
-            )  # fmt: skip
-            for k, idea in enumerate(res.ideas[:n])
-        ]
+                origin=idea.origin, parent_ids=idea.parent_ids, recipe=idea.recipe,
+                status="ok" if metric is not None else "failed", category=None if metric is not None else "crash",
+                metric=metric,
+            ))  # fmt: skip
+        return out
 
     def take(self, s: IdeaSummary) -> None:
         for pid in s.parent_ids:
@@ -166,11 +221,11 @@ def run_steady(search: Search, epochs: int, per_epoch: int, slots: int, ahead: i
 
 
 def campaign(
-    env: ResearchEnv, strategy: str, seed: int, epochs: int, per_epoch: int,
+    env: ResearchEnv, land: Surrogate | Runs, strategy: str, seed: int, epochs: int, per_epoch: int,
     schedule: str = "sync", slots: int = 4, ahead: int = 1,
 ) -> dict:  # fmt: skip
-    """One campaign with the real policy and ideator; returns the confirmed winner and its true loss."""
-    search = Search(env, strategy, seed, epochs)
+    """One campaign with the real policy and ideator; returns the confirmed winner (and its true loss, if known)."""
+    search = Search(env, land, strategy, seed, epochs)
     if schedule == "sync":
         run_sync(search, epochs, per_epoch)
     else:
@@ -178,12 +233,19 @@ def campaign(
     archive, base = search.archive, search.base
     best = next(s for s in ranked(archive, "min"))
     rec = canonical(best.recipe)
-    confirmed = statistics.fmean(observed(rec, seed + 1000 * (k + 1)) for k in range(3))
+    runs = land.confirm(rec, seed)
+    if any(r is None for r in runs):
+        raise RuntimeError(f"campaign {seed} {strategy}: the winner {best.title!r} failed a confirmation run")
     return {
+        "seed": seed,
+        "strategy": strategy,
         "experiments": len(archive),
+        "failed": sum(s.status == "failed" for s in archive),
         "winner": best.title,
-        "confirmed": confirmed,
-        "true": true_loss(rec),
+        "recipe": [list(m) for m in rec],
+        "single_run": best.metric,
+        "confirmed": statistics.fmean(runs),  # type: ignore[arg-type]
+        "true": land.true(rec),
         "delta_single_run": delta(best, base.metric, "min"),
     }
 
@@ -198,40 +260,65 @@ def paired_ci(a: list[float], b: list[float], n: int = 10_000, seed: int = 0) ->
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, default=16)
+    p.add_argument("--landscape", choices=("surrogate", "runs"), default="surrogate")
+    p.add_argument("--seeds", type=int, default=16, help="campaign seeds 0..N-1 (paired across strategies)")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--ideas", type=int, default=8, help="ideas per epoch (40 experiments = 5 x 8)")
     p.add_argument("--json", type=Path, default=None, help="write the per-campaign rows here")
     p.add_argument("--schedules", default="sync,steady", help="sync and/or steady (comma-separated)")
     p.add_argument("--slots", type=int, default=4, help="steady: training slots")
     p.add_argument("--ahead", type=int, default=1, help="steady: proposals waiting for a slot")
+    p.add_argument("--runs", type=Path, default=RUNS, help="runs landscape: the cache of real runs")
+    p.add_argument(
+        "--search-seeds", type=int, default=1, help="runs landscape: training seeds of search runs"
+    )
+    p.add_argument(
+        "--fill", action="store_true", help="runs landscape: train missing (recipe, seed) for real"
+    )
+    p.add_argument("--shard", default="0/1", help="i/n: only campaign seeds = i mod n (parallel fillers)")
     args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    shard, shards = (int(x) for x in args.shard.split("/"))
     env = load_env("tiny_gpt")
+    land: Surrogate | Runs = Surrogate()
+    if args.landscape == "runs":
+        land = Runs(RunCache(env, args.runs, "search_cache", fill=args.fill), args.search_seeds)
+    seeds = [s for s in range(args.seeds) if s % shards == shard]
     out = {}
     for schedule in args.schedules.split(","):
-        rows = {
-            s: [
-                campaign(env, s, seed, args.epochs, args.ideas, schedule, args.slots, args.ahead)
-                for seed in range(args.seeds)
-            ]
-            for s in ("evolution", "best_of_n", "random")
-        }
+        rows: dict[str, list[dict]] = {s: [] for s in ("evolution", "best_of_n", "random")}
+        for seed in seeds:  # seed-major: a partial fill leaves whole paired seeds
+            for s in rows:
+                rows[s].append(
+                    campaign(env, land, s, seed, args.epochs, args.ideas, schedule, args.slots, args.ahead)
+                )
         out[schedule] = rows
-        steady = f" on {args.slots} slots + {args.ahead} ahead" if schedule == "steady" else ""
-        print(f"SURROGATE of tiny_gpt (not training), schedule {schedule}{steady}: {args.seeds} paired seeds, "
-              f"{args.epochs}x{args.ideas} experiments + baseline, winner confirmed on 3 fresh seeds; "
-              f"baseline {BASELINE}, noise {NOISE}")  # fmt: skip
-        for s, rs in rows.items():
-            print(
-                f"  {s:10s} confirmed winner {statistics.fmean(r['confirmed'] for r in rs):.4f}"
-                f" (true {statistics.fmean(r['true'] for r in rs):.4f}), experiments {rs[0]['experiments']}"
-            )
-        for other in ("random", "best_of_n"):
-            for key in ("confirmed", "true"):
-                m, lo, hi = paired_ci([r[key] for r in rows["evolution"]], [r[key] for r in rows[other]])
-                print(f"  evolution - {other:9s} ({key:9s}): {m:+.4f}  95% CI [{lo:+.4f}, {hi:+.4f}]")
+        report(land, schedule, rows, args)
+    if isinstance(land, Runs):
+        print(f"cache: {len(land.cache.rows)} real runs of {len({k[0] for k in land.cache.rows})} distinct recipes"
+              f" in {land.cache.path}; {land.cache.ran} trained by this invocation")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
+
+
+def report(
+    land: Surrogate | Runs, schedule: str, rows: dict[str, list[dict]], args: argparse.Namespace
+) -> None:
+    """Mean confirmed winner per strategy and the paired bootstrap CIs of evolution against the others."""
+    steady = f" on {args.slots} slots + {args.ahead} ahead" if schedule == "steady" else ""
+    n = len(rows["evolution"])
+    print(f"{land.name}, schedule {schedule}{steady}: {n} paired seeds, {args.epochs}x{args.ideas} experiments "
+          f"+ baseline, winner confirmed on {len(CONFIRM_SEEDS)} fresh seeds; noise {land.noise:.4f}")  # fmt: skip
+    keys = ["confirmed"] + (["true"] if isinstance(land, Surrogate) else [])
+    for s, rs in rows.items():
+        true = f" (true {statistics.fmean(r['true'] for r in rs):.4f})" if "true" in keys else ""
+        failed = sum(r["failed"] for r in rs)
+        print(f"  {s:10s} confirmed winner {statistics.fmean(r['confirmed'] for r in rs):.4f}{true}, "
+              f"experiments {rs[0]['experiments']}, failed runs {failed}")  # fmt: skip
+    for other in ("random", "best_of_n"):
+        for key in keys:
+            m, lo, hi = paired_ci([r[key] for r in rows["evolution"]], [r[key] for r in rows[other]])
+            print(f"  evolution - {other:9s} ({key:9s}): {m:+.4f}  95% CI [{lo:+.4f}, {hi:+.4f}]")
 
 
 if __name__ == "__main__":
