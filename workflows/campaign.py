@@ -82,6 +82,7 @@ N_INSPIRATIONS = 3
 # workflow.patched ids: commands added since histories were recorded (old histories replay the old way)
 PATCH_CANCEL_IDEAS = "campaign-cancels-ideas-on-any-cancel"  # also when the cancel hits an activity; all at once
 PATCH_CHECK_REATTACHED = "campaign-checks-reattached-ideas"  # ask the server about ideas it holds no handle on
+PATCH_GPU_PROJECTED = "gpu-budget-counts-ideas-in-flight"  # stop planning when in-flight ideas will use the rest
 
 
 @workflow.defn(name="CampaignWorkflow")
@@ -421,13 +422,22 @@ class CampaignWorkflow:
 
     def _budget_spent(self, cfg: CampaignConfig) -> tuple[str, str] | None:
         """(stopped reason, why) once a budget is spent: ``budget_usd`` of LLM calls, or ``budget_gpu_hours`` of
-        training by the finished ideas; None while both last."""
+        training by the finished ideas plus what the ideas in flight will use (the mean of the finished ones
+        each); None while both last."""
         st = self._state
         if cfg.budget_usd is not None and st.usage.cost_usd >= cfg.budget_usd:
             return "budget_exhausted", f"budget of ${cfg.budget_usd} spent"
-        if cfg.budget_gpu_hours is not None and st.device_time.gpu_hours >= cfg.budget_gpu_hours:
-            used = st.device_time.gpu_hours
-            return "gpu_budget_exhausted", f"GPU budget of {cfg.budget_gpu_hours:g} h spent ({used:.3g} GPU-h used)"
+        if cfg.budget_gpu_hours is None:
+            return None
+        used, budget = st.device_time.gpu_hours, cfg.budget_gpu_hours
+        if used >= budget:
+            return "gpu_budget_exhausted", f"GPU budget of {budget:g} h spent ({used:.3g} GPU-h used)"
+        coming = used / st.ideas_done * len(st.in_flight) if st.ideas_done else 0.0
+        if used + coming >= budget and workflow.patched(PATCH_GPU_PROJECTED):
+            return "gpu_budget_exhausted", (
+                f"GPU budget of {budget:g} h spent once the {len(st.in_flight)} ideas in flight finish "
+                f"({used:.3g} GPU-h used, about {coming:.3g} to come)"
+            )
         return None
 
     def _note(self, text: str) -> None:
