@@ -397,3 +397,43 @@ def test_rl_cli_refuses_a_bad_config_and_says_when_temporal_is_down(settings: Se
     assert p.returncode == 0 and (tmp_path / "m" / "config.json").is_file()
     p = cli("rl", "tiny-model", str(tmp_path / "m"), "--env", "rl_words")
     assert p.returncode == 1 and "already holds a model" in p.stderr
+
+
+def test_rl_start_names_the_queues_no_worker_serves(temporal_env) -> None:
+    """An RL campaign needs the orchestrator, cpu and rl queues: `rl start` names each one no worker polls
+    (in a namespace of its own, so no other test's workers count)."""
+    import uuid
+
+    from google.protobuf.duration_pb2 import Duration
+    from temporalio import activity
+    from temporalio.api.workflowservice.v1 import RegisterNamespaceRequest
+    from temporalio.client import Client
+    from temporalio.worker import Worker
+
+    from ideaforge import names
+    from ideaforge.cli.rl import queues_unserved
+
+    @activity.defn(name="rl_noop")
+    async def noop() -> None:
+        return None
+
+    async def go() -> None:
+        ns = f"rlq-{uuid.uuid4().hex[:8]}"
+        await temporal_env.client.workflow_service.register_namespace(
+            RegisterNamespaceRequest(namespace=ns, workflow_execution_retention_period=Duration(seconds=86400))
+        )
+        client = await Client.connect(temporal_env.ideaforge_address, namespace=ns)
+        for _ in range(50):  # a new namespace takes a moment to be served
+            try:
+                unserved = await queues_unserved(client)
+                break
+            except Exception:  # noqa: BLE001 - namespace not found yet
+                await asyncio.sleep(0.2)
+        assert unserved == [names.ORCHESTRATOR_QUEUE, names.CPU_QUEUE, names.RL_QUEUE]
+        async with Worker(client, task_queue=names.RL_QUEUE, activities=[noop]):
+            deadline = time.monotonic() + 20
+            while names.RL_QUEUE in (unserved := await queues_unserved(client)) and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+        assert unserved == [names.ORCHESTRATOR_QUEUE, names.CPU_QUEUE]
+
+    asyncio.run(go())

@@ -789,6 +789,12 @@ def rl_start(
         client = await _client(settings)
         _, what = await rlc.start(client, cfg)
         console.print(f"RL campaign {cfg.name}: {what} (workflow {rl_workflow_id(cfg.name)})")
+        for queue in await rlc.queues_unserved(client):
+            err.print(
+                f"[yellow]warning:[/yellow] no worker serves the `{queue}` queue: the campaign waits until "
+                f"one does (`ideaforge worker --queues {queue}`; `ideaforge up` serves the others)",
+                highlight=False,
+            )
         if follow:
             await _follow_rl(client, cfg.name)
 

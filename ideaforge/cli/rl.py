@@ -89,3 +89,11 @@ async def status(client: Client, name: str) -> tuple[str, RLCampaignStatus | RLC
     if desc.status == WorkflowExecutionStatus.COMPLETED:
         return state, await handle.result()
     return state, None
+
+
+async def queues_unserved(client: Client) -> list[str]:
+    """The queues an RL campaign needs (its workflow, sampling, the trainer) that no worker polled recently."""
+    from ideaforge.cli.campaigns import workers_polling
+
+    needed = (names.ORCHESTRATOR_QUEUE, names.CPU_QUEUE, names.RL_QUEUE)
+    return [q for q in needed if not await workers_polling(client, q)]
