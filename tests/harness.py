@@ -14,7 +14,7 @@ from temporalio.client import Client
 
 from ideaforge import names
 from ideaforge.config import Settings
-from ideaforge.models import Progress
+from ideaforge.models import IdeaOutcome, Progress
 from ideaforge.workers.main import build_workers
 
 ALL_QUEUES = [names.ORCHESTRATOR_QUEUE, names.CPU_QUEUE, "cpu-train", names.PREFLIGHT_QUEUE]
@@ -33,6 +33,46 @@ async def running_worker(
     finally:
         await asyncio.gather(*(w.shutdown() for w in workers), return_exceptions=True)
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def run_llm_idea(
+    settings: Settings, client: Client, replies: list[str], key_env: str, prefix: str, **extra
+) -> tuple[IdeaOutcome, list[str]]:
+    """Run one toy_quad idea ("use momentum 0.9") through IdeaWorkflow on an in-process worker, its implementer
+    a fake Anthropic server that answers ``replies`` in turn; the outcome and every prompt the server got.
+    ``extra``: more IdeaInput fields (max_revisions, budget_left_usd, ...)."""
+    import uuid
+
+    from ideaforge.models import Idea, IdeaInput, ProviderConfig
+    from ideaforge.names import experiment_name, idea_id
+    from ideaforge.research_envs.registry import load_env
+    from tests.fakes.llm_server import FakeLLMServer
+
+    env = load_env("toy_quad", settings.env_paths)
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    with FakeLLMServer(smart=False) as srv:
+        for r in replies:
+            srv.push_text(r)
+        provider = ProviderConfig(
+            kind="anthropic", base_url=srv.base_url("anthropic"), api_key_env=key_env, model="fake-model", max_retries=0
+        )
+        idea = Idea(idea_id=idea_id(name, 0, 0), epoch=0, index=0, title="Momentum", text="Use momentum 0.9.")
+        inp = IdeaInput(
+            campaign=name, spec=env.spec, idea=idea, implementer=provider, experiment=experiment_name(name), **extra
+        )
+
+        async def go() -> IdeaOutcome:
+            async with running_worker(client, settings):
+                return await asyncio.wait_for(
+                    client.execute_workflow(
+                        "IdeaWorkflow", inp, id=idea.idea_id, task_queue=names.ORCHESTRATOR_QUEUE, result_type=IdeaOutcome
+                    ),
+                    240,
+                )
+
+        outcome = asyncio.run(go())
+        prompts = [r.prompt for r in srv.requests]
+    return outcome, prompts
 
 
 def spawn_worker(log: Path, queues: str = "cpu-train", slots: int = 1) -> subprocess.Popen:

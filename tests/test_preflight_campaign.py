@@ -14,25 +14,20 @@ import uuid
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ideaforge import names
 from ideaforge.activities.campaign import load_archive
 from ideaforge.cli import campaigns
 from ideaforge.config import Settings
 from ideaforge.models import (
     CampaignConfig,
     CampaignResult,
-    Idea,
-    IdeaInput,
     IdeaOutcome,
     ProviderConfig,
     RunRequest,
 )
-from ideaforge.names import experiment_name, idea_id
-from ideaforge.research_envs.registry import load_env
 from ideaforge.run.runner import ExperimentRunner
 from ideaforge.store.artifacts import open_store
 from tests.fakes.llm_server import FakeLLMServer
-from tests.harness import running_worker
+from tests.harness import run_llm_idea, running_worker
 
 pytestmark = [pytest.mark.integration]  # the crash tests take 2-3 s (toy_quad trains in under a second)
 
@@ -68,29 +63,7 @@ def trained(monkeypatch) -> list[RunRequest]:
 
 
 def run_idea(settings: Settings, client, replies: list[str]) -> tuple[IdeaOutcome, list[str]]:
-    env = load_env("toy_quad", settings.env_paths)
-    name = f"pf-{uuid.uuid4().hex[:6]}"
-    with FakeLLMServer(smart=False) as srv:
-        for r in replies:
-            srv.push_text(r)
-        provider = ProviderConfig(
-            kind="anthropic", base_url=srv.base_url("anthropic"), api_key_env=KEY_ENV, model="fake-model", max_retries=0
-        )
-        idea = Idea(idea_id=idea_id(name, 0, 0), epoch=0, index=0, title="Momentum", text="Use momentum 0.9.")
-        inp = IdeaInput(campaign=name, spec=env.spec, idea=idea, implementer=provider, experiment=experiment_name(name))
-
-        async def go() -> IdeaOutcome:
-            async with running_worker(client, settings):
-                return await asyncio.wait_for(
-                    client.execute_workflow(
-                        "IdeaWorkflow", inp, id=idea.idea_id, task_queue=names.ORCHESTRATOR_QUEUE, result_type=IdeaOutcome
-                    ),
-                    240,
-                )
-
-        outcome = asyncio.run(go())
-        prompts = [r.prompt for r in srv.requests]
-    return outcome, prompts
+    return run_llm_idea(settings, client, replies, KEY_ENV, "pf")
 
 
 @pytest.mark.parametrize(

@@ -6,23 +6,18 @@ workflow must feed the exact failure back, revise, and run the corrected change,
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import uuid
 from pathlib import Path
 
 import pytest
 
-from ideaforge import names
 from ideaforge.config import Settings
-from ideaforge.models import Idea, IdeaInput, IdeaOutcome, ProviderConfig
-from ideaforge.names import idea_id
 from ideaforge.patch.answer import apply_answer
 from ideaforge.patch.apply import PatchError
 from ideaforge.research_envs.registry import load_env
 from ideaforge.store.artifacts import open_store
-from tests.fakes.llm_server import FakeLLMServer
-from tests.harness import running_worker
+from tests.harness import run_llm_idea
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -53,33 +48,7 @@ def _error_of(reply: str, settings: Settings, tmp: Path) -> str:
 
 
 def _run_idea(settings: Settings, client, replies: list[str], max_revisions: int = 2, **extra):
-    env = load_env("toy_quad", settings.env_paths)
-    name = f"revise-{uuid.uuid4().hex[:6]}"
-    with FakeLLMServer(smart=False) as srv:
-        for r in replies:
-            srv.push_text(r)
-        provider = ProviderConfig(
-            kind="anthropic", base_url=srv.base_url("anthropic"), api_key_env=KEY_ENV, model="fake-model", max_retries=0
-        )
-        idea = Idea(idea_id=idea_id(name, 0, 0), epoch=0, index=0, title="Momentum", text="Use momentum 0.9.")
-        inp = IdeaInput(
-            campaign=name, spec=env.spec, idea=idea, implementer=provider, max_revisions=max_revisions,
-            experiment=f"ideaforge-{name}", **extra,
-        )
-
-        async def go() -> IdeaOutcome:
-            async with running_worker(client, settings):
-                return await asyncio.wait_for(
-                    client.execute_workflow(
-                        "IdeaWorkflow", inp, id=idea.idea_id, task_queue=names.ORCHESTRATOR_QUEUE,
-                        result_type=IdeaOutcome,
-                    ),
-                    240,
-                )
-
-        outcome = asyncio.run(go())
-        prompts = [r.prompt for r in srv.requests]
-    return outcome, prompts
+    return run_llm_idea(settings, client, replies, KEY_ENV, "revise", max_revisions=max_revisions, **extra)
 
 
 def test_broken_reply_is_revised_with_the_exact_error(served_settings, temporal_env, monkeypatch, tmp_path):
