@@ -179,7 +179,7 @@ class Search:
             out.append(IdeaSummary(
                 idea_id=idea_id(self.name, epoch, index + k), epoch=epoch, title=idea.title, text=idea.text,
                 origin=idea.origin, parent_ids=idea.parent_ids, recipe=idea.recipe,
-                status="ok" if metric is not None else "failed", category=None if metric is not None else "crash",
+                status="ok" if metric is not None else "failed", category=None if metric is not None else "crashed",
                 metric=metric,
             ))  # fmt: skip
         return out
