@@ -100,8 +100,13 @@ class RunCache:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self.reload()
             if key not in self.rows:
+                torn = (
+                    self.path.is_file()
+                    and not self.path.read_bytes().endswith(b"\n")
+                    and self.path.stat().st_size
+                )
                 with open(self.path, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                    f.write(("\n" if torn else "") + json.dumps(row) + "\n")  # a torn last line stays alone
                 self.rows[key] = row
 
     def _run(self, recipe: Recipe, seed: int) -> dict:

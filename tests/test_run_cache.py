@@ -80,11 +80,13 @@ def test_rows_of_another_landscape_and_a_torn_line_are_ignored(toy, tmp_path: Pa
             json.dumps({**row, "baseline": "0" * 64, "val_loss": 0.5, "seed": 8}) + "\n"
         )  # another baseline
         f.write('{"recipe": [], "seed": 9, "st')  # a filler killed mid-write
-    again = RunCache(toy, path, "default")
+    again = RunCache(toy, path, "default", fill=True, work=tmp_path / "w2")
     assert again.metric((), 0) == value
     for seed in (7, 8, 9):
         with pytest.raises(CacheMiss):
-            again.metric((), seed)
+            RunCache(toy, path, "default").metric((), seed)
+    assert again.metric((), 9) is not None  # appended after the torn line, not glued to it
+    assert RunCache(toy, path, "default").metric((), 9) == again.metric((), 9)
 
 
 def test_an_unknown_profile_is_refused(toy, tmp_path: Path) -> None:
