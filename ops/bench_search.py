@@ -32,7 +32,7 @@ than slots + ahead ideas are in flight it plans the deficit, parents chosen from
 of order. Same budget of experiments in both.
 
     .venv/bin/python ops/bench_search.py --seeds 16 --epochs 5 --ideas 8 --schedules sync,steady
-    .venv/bin/python ops/bench_search.py --landscape runs --seeds 12 --schedules sync   # from the shipped cache
+    .venv/bin/python ops/bench_search.py --landscape runs --seeds 12 --schedules sync --cached-only  # shipped cache
     .venv/bin/python ops/bench_search.py --landscape runs --seeds 12 --fill --shard 0/2 &  # grow the cache
 """
 
