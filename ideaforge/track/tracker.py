@@ -324,13 +324,22 @@ class Tracker:
         if missing:
             self.set_tags(run_id, {"ideaforge.missing_artifacts": ",".join(missing)})
         oldest = self.runs_by_key(eid, req.idea.idea_id)
-        if created and oldest and oldest[0].info.run_id != run_id:
+        if oldest and oldest[0].info.run_id != run_id:
             # an attempt that committed later but started earlier owns the key: it completes that run
             log.info("run %s of %s yields to older run %s", run_id, req.idea.idea_id, oldest[0].info.run_id)
-            with self._errors(f"deleting duplicate run {run_id}"):
-                self.client.delete_run(run_id)
+            if created:
+                with self._errors(f"deleting duplicate run {run_id}"):
+                    self.client.delete_run(run_id)
             return RecordResult(run_id=oldest[0].info.run_id, experiment_id=eid)
-        self.finish(run_id, "FINISHED" if req.outcome.summary.status == "ok" else "FAILED", end_ms)
+        try:
+            self.finish(run_id, "FINISHED" if req.outcome.summary.status == "ok" else "FAILED", end_ms)
+        except TrackingError:
+            # a concurrent attempt that created this run deleted it, yielding to an older one: that one owns the key
+            owner = self.runs_by_key(eid, req.idea.idea_id)
+            if not owner or owner[0].info.run_id == run_id:
+                raise
+            log.info("run %s of %s was deleted meanwhile; %s owns the key", run_id, req.idea.idea_id, owner[0].info.run_id)
+            return RecordResult(run_id=owner[0].info.run_id, experiment_id=eid)
         return RecordResult(run_id=run_id, experiment_id=eid)
 
     def _idea_artifacts(self, run_id: str, req: RecordIdeaRequest) -> list[str]:
