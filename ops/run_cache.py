@@ -100,11 +100,11 @@ class RunCache:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self.reload()
             if key not in self.rows:
-                torn = (
-                    self.path.is_file()
-                    and not self.path.read_bytes().endswith(b"\n")
-                    and self.path.stat().st_size
-                )
+                torn = False
+                if self.path.is_file() and self.path.stat().st_size:
+                    with open(self.path, "rb") as f:  # only the last byte: reload() has just read the rows
+                        f.seek(-1, os.SEEK_END)
+                        torn = f.read(1) != b"\n"
                 with open(self.path, "a") as f:
                     f.write(("\n" if torn else "") + json.dumps(row) + "\n")  # a torn last line stays alone
                 self.rows[key] = row
