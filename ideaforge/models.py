@@ -220,6 +220,9 @@ class EnvSpec(Strict):
     protected_files: list[str]
     run_command: list[str]
     eval_command: list[str]
+    # the model server: a protected script that loads the trained model with the EDITABLE code and answers the
+    # evaluator over a channel, in a sandbox of its own (so editable code never runs where the metric is made)
+    serve_command: list[str] | None = None
     prepare_command: list[str] | None = None
     metric: str
     direction: Direction
@@ -268,6 +271,13 @@ class EnvSpec(Strict):
             raise ValueError(f"eval_only_files must also be protected_files: {sorted(hidden)}")
         if not self.run_command or not self.eval_command:
             raise ValueError("run_command and eval_command must not be empty")
+        if self.serve_command is not None:
+            script = self.serve_command[1] if len(self.serve_command) >= 2 else None
+            if self.serve_command[:1] != ["{python}"] or script not in self.protected_files:
+                raise ValueError(
+                    "serve_command must be ['{python}', 'script.py', ...] with script.py a protected file: "
+                    f"{self.serve_command}"
+                )
         for profile in self.resources_by_profile:
             if profile not in self.profiles:
                 raise ValueError(f"resources_by_profile names unknown profile {profile!r}")

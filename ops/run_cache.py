@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ideaforge.llm.offline import Recipe, recipe_files, to_mutations
 from ideaforge.research_envs.registry import ResearchEnv, files_digest
+from ideaforge.run.model_channel import run_local_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +156,8 @@ class RunCache:
                 return row
             # the recipe only edits editable files: the tree's evaluator and data loading are the pristine ones
             env = {**base, "IDEAFORGE_EVAL_DATA": str(held_out), "IDEAFORGE_METRIC_FILE": str(metric_file)}
-            ev = subprocess.run(command(spec.eval_command), cwd=tree, env=env, capture_output=True,
-                                text=True, timeout=600)  # fmt: skip
+            serve = command(spec.serve_command) if spec.serve_command else None
+            ev = run_local_evaluation(command(spec.eval_command), serve, tree, env, timeout=600)
             if ev.returncode != 0 or not metric_file.is_file():
                 row["error"] = f"evaluation exit {ev.returncode}: {ev.stderr.strip()[-300:]}"
                 return row

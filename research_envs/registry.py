@@ -11,7 +11,9 @@ recomputed from files on disk. Regenerate it after a deliberate change of a prot
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
+import logging
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from ideaforge.models import EnvSpec
+
+log = logging.getLogger(__name__)
 
 BUILTIN_DIR = Path(__file__).resolve().parent
 LOCK_FILE = "protected.lock"
@@ -113,6 +117,55 @@ def files_digest(base: Path, files: list[str]) -> str:
     return h.hexdigest()
 
 
+def evaluator_editable_imports(env: ResearchEnv) -> list[str]:
+    """Editable modules the evaluator imports, directly or through the protected modules it imports (a static
+    scan). Non-empty means generated code runs inside the process that writes the metric, where it could forge
+    it; such code belongs in the model server (``serve_command``, PROTOCOL.md step 6)."""
+    editable = {Path(f).with_suffix("").as_posix().replace("/", "."): f for f in env.spec.editable_files if f.endswith(".py")}
+    protected = {Path(f).with_suffix("").as_posix().replace("/", "."): f for f in env.spec.protected_files if f.endswith(".py")}
+    command = env.spec.eval_command
+    start = protected.get(command[2]) if command[1:2] == ["-m"] and len(command) > 2 else command[1] if len(command) > 1 else None
+    found: set[str] = set()
+    seen: set[str] = set()
+    todo = [start] if start in env.spec.protected_files else []
+    while todo:
+        rel = todo.pop()
+        if rel in seen:
+            continue
+        seen.add(rel)
+        try:
+            tree = ast.parse((env.baseline / rel).read_text())
+        except (OSError, SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                for candidate in (name, name.split(".")[0]):
+                    if candidate in editable:
+                        found.add(candidate)
+                    elif candidate in protected:
+                        todo.append(protected[candidate])
+    return sorted(found)
+
+
+_WARNED: set[Path] = set()
+
+
+def _warn_in_process_model(env: ResearchEnv) -> None:
+    if env.root in _WARNED:
+        return
+    _WARNED.add(env.root)
+    editable = evaluator_editable_imports(env)
+    if editable:
+        log.warning(
+            "env %s: its evaluator imports editable code (%s) in the process that writes the metric, where "
+            "generated code could forge it; move that code behind a serve_command (PROTOCOL.md step 6)",
+            env.spec.name, ", ".join(editable),
+        )
+
+
 def search_dirs(extra: list[Path] | None = None) -> list[Path]:
     return [*(Path(p) for p in (extra or [])), BUILTIN_DIR]
 
@@ -156,6 +209,7 @@ def load_env_folder(folder: Path) -> ResearchEnv:
         raise EnvError(f"{spec_path}: files listed in the spec are missing from baseline/: {missing}")
     if env.lock_path.is_file():
         env.check_baseline()
+    _warn_in_process_model(env)
     return env
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ideaforge.research_envs.registry import ResearchEnv
+from ideaforge.run.model_channel import run_local_evaluation
 
 PREFIXES = ("IDEAFORGE_PROGRESS ", "IDEAFORGE_CHECKPOINT ")
 
@@ -105,9 +106,8 @@ def run_env(
     cenv = {k: v for k, v in cenv.items() if k != "IDEAFORGE_RESUME"} | eval_data | {
         "IDEAFORGE_METRIC_FILE": str(metric_file)
     }
-    result.evaluation = subprocess.run(
-        argv(env.spec.eval_command), cwd=work, env=cenv, capture_output=True, text=True, timeout=timeout
-    )
+    serve = argv(env.spec.serve_command) if env.spec.serve_command else None
+    result.evaluation = run_local_evaluation(argv(env.spec.eval_command), serve, work, cenv, timeout=timeout)
     if result.evaluation.returncode == 0 and metric_file.is_file():
         result.metrics = json.loads(metric_file.read_text())
     return result

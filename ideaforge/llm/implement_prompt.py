@@ -80,8 +80,10 @@ def user_prompt(
 
 
 def evaluator_files(env: ResearchEnv) -> list[str]:
-    """The protected files the env's ``eval_command`` runs: the evaluator, never shown to the implementer."""
-    return [a for a in env.spec.eval_command if a in env.spec.protected_files]
+    """The protected files the env's ``eval_command`` and ``serve_command`` run: the evaluator and its model
+    server, never shown to the implementer."""
+    commands = [*env.spec.eval_command, *(env.spec.serve_command or [])]
+    return [a for a in commands if a in env.spec.protected_files]
 
 
 def evaluator_text(env: ResearchEnv) -> str:

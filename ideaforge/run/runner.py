@@ -41,6 +41,7 @@ from ideaforge.research_envs.registry import EnvError, ResearchEnv, load_env
 from ideaforge.run.codetree import remove_files, restore_protected, shadowing_files, unpack_code
 from ideaforge.run.datacache import DataCache, PrepareError
 from ideaforge.run.metrics import read_metric_file
+from ideaforge.run.model_channel import SERVER_HIDDEN, ChannelEnds
 from ideaforge.run.protocol import (
     TrainState,
     cap_text,
@@ -69,6 +70,7 @@ log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
 EVAL_WRITE_BYTES = 64 * MB
+SERVE_EXIT_GRACE_S = 10.0  # a model server still running this long after its evaluator ended is stopped
 # runs the evaluator under `python -I` (no cwd, no PYTHON* variables, no user site on sys.path) with the
 # evaluation tree appended at the END of sys.path: the stdlib and installed packages always win
 _EVAL_BOOT = (
@@ -129,6 +131,10 @@ class AttemptDirs:
     @property
     def eval_log(self) -> Path:
         return self.root / "eval.log"
+
+    @property
+    def serve_log(self) -> Path:
+        return self.root / "serve.log"
 
 
 class StopFlag:
@@ -367,11 +373,11 @@ class ExperimentRunner:
 
         # ---- evaluate
         t_eval = time.monotonic()
-        eres = await self._evaluate(plan, dirs, zip_bytes, env_vars, device_ids, stop)
+        eres, sres = await self._evaluate(plan, dirs, zip_bytes, env_vars, device_ids, stop)
         base.eval_s = time.monotonic() - t_eval
         if stop.cancelled:
             raise RunCancelled(f"{req.idea_id}: evaluation cancelled")
-        category, error = self._eval_failure(eres, dirs.eval_log)
+        category, error = self._eval_failure(eres, sres, dirs)
         if category:
             return await self._finish(base, dirs, category, error)
         reading = read_metric_file(dirs.metric_dir / "metric.json", spec)
@@ -480,8 +486,9 @@ class ExperimentRunner:
         env_vars: dict[str, str],
         device_ids: list[int],
         stop: StopFlag,
-    ) -> SandboxResult:
-        """A fresh unpack with the pinned protected files, evaluated in its own sandbox."""
+    ) -> tuple[SandboxResult, SandboxResult | None]:
+        """A fresh unpack with the pinned protected files, evaluated in its own sandbox; with the env's model
+        server beside it in another when it has one. Returns how the evaluator and the server ended."""
         env, spec, res = plan.env, plan.env.spec, plan.resources
         unpack_code(zip_bytes, dirs.eval_code)
         restore_protected(dirs.eval_code, env.baseline, spec.protected_files)
@@ -495,6 +502,8 @@ class ExperimentRunner:
         eval_vars["IDEAFORGE_METRIC_FILE"] = str(dirs.metric_dir / "metric.json")
         eval_vars["IDEAFORGE_EVAL_DATA"] = str(self.data.eval_dir(env, plan.profile))
         gpu = res.device == "gpu"
+        devices = gpu_device_nodes(device_ids) if gpu else []
+        served = spec.serve_command is not None
         box = Box(
             cwd=dirs.eval_code,
             writable=[dirs.metric_dir],
@@ -505,17 +514,41 @@ class ExperimentRunner:
                 self.data.eval_dir(env, plan.profile),
                 *self._host_path_dirs(env),
             ],
-            devices=gpu_device_nodes(device_ids) if gpu else [],
+            devices=[] if served else devices,  # with a model server, the model (and its GPU) is there
         )
         timeout = self.eval_timeout_s or max(60.0, res.time_limit_s / 2)
-        return await self._sandboxed(
-            isolated_eval_argv(spec.eval_command, "{python}"),
-            box,
-            eval_vars,
-            tree_limits(res, wall_s=timeout, write_bytes=EVAL_WRITE_BYTES),
-            dirs.eval_log,
-            stop,
+        limits = tree_limits(res, wall_s=timeout, write_bytes=EVAL_WRITE_BYTES)
+        argv = isolated_eval_argv(spec.eval_command, "{python}")
+        if spec.serve_command is None:
+            return await self._sandboxed(argv, box, eval_vars, limits, dirs.eval_log, stop), None
+        # the model server: editable code, the trained outputs and the training data, never the held-out data
+        # nor the metric directory, under a uid of its own; it learns the held-out inputs only as requests
+        serve_box = Box(
+            cwd=dirs.eval_code,
+            readonly=[dirs.eval_code, dirs.out, self.data.train_dir(env, plan.profile), *self._host_path_dirs(env)],
+            devices=devices,
         )
+        serve_vars = {k: v for k, v in eval_vars.items() if k not in SERVER_HIDDEN}
+        ends = ChannelEnds.open()
+        serve_stop = StopFlag(stop)
+        server = asyncio.ensure_future(
+            self._sandboxed(
+                isolated_eval_argv(spec.serve_command, "{python}"), serve_box, serve_vars | ChannelEnds.var(ends.serve),
+                limits, dirs.serve_log, serve_stop, pass_fds=ends.serve,
+            )
+        )  # fmt: skip
+        try:
+            result = await self._sandboxed(
+                argv, box, eval_vars | ChannelEnds.var(ends.evaluator), limits, dirs.eval_log, stop,
+                pass_fds=ends.evaluator,
+            )  # fmt: skip
+        finally:
+            try:  # the evaluator's end is closed: a server that does not exit on its own is stopped
+                await asyncio.wait_for(asyncio.shield(server), SERVE_EXIT_GRACE_S)
+            except TimeoutError:
+                serve_stop.internal.set()
+                await server
+        return result, server.result()
 
     async def _sandboxed(
         self,
@@ -526,6 +559,7 @@ class ExperimentRunner:
         log_path: Path,
         stop: StopFlag,
         on_line: Callable[[str], None] | None = None,
+        pass_fds: tuple[int, ...] = (),
     ) -> SandboxResult:
         return await self._guarded(
             asyncio.to_thread(
@@ -539,6 +573,7 @@ class ExperimentRunner:
                 cancel_event=stop,
                 grace_s=self.grace_s,
                 python=self.python,
+                pass_fds=pass_fds,
             ),
             stop,
         )
@@ -564,7 +599,9 @@ class ExperimentRunner:
             return "crashed", f"training exited with {res.returncode}:\n{error_tail(log_path)}"
         return None, None
 
-    def _eval_failure(self, res: SandboxResult, log_path: Path) -> tuple[FailureCategory | None, str | None]:
+    def _eval_failure(
+        self, res: SandboxResult, served: SandboxResult | None, dirs: AttemptDirs
+    ) -> tuple[FailureCategory | None, str | None]:
         if res.output_limited:
             return "output_limit", "evaluation exceeded the output limit"
         if res.timed_out or res.cpu_limited:
@@ -572,7 +609,11 @@ class ExperimentRunner:
         if res.memory_limited:
             return "eval_failed", "evaluation exceeded the memory limit"
         if res.returncode != 0:
-            return "eval_failed", f"evaluator exited with {res.returncode}:\n{error_tail(log_path)}"
+            error = f"evaluator exited with {res.returncode}:\n{error_tail(dirs.eval_log)}"
+            if served is not None and not served.ok:
+                why = "exceeded the memory limit" if served.memory_limited else f"exited with {served.returncode}"
+                error += f"\nthe model server {why}:\n{error_tail(dirs.serve_log)}"
+            return "eval_failed", error
         return None, None
 
     async def _finish(
@@ -582,7 +623,7 @@ class ExperimentRunner:
         if category is not None:
             base.status, base.category, base.error, base.metric = "failed", category, error, None
         parts = []
-        for name, p in (("train", dirs.train_log), ("eval", dirs.eval_log)):
+        for name, p in (("train", dirs.train_log), ("eval", dirs.eval_log), ("model server", dirs.serve_log)):
             if p.is_file():
                 parts.append(f"===== {name} =====\n".encode() + read_capped(p, self.log_cap_bytes))
         if error and not parts:

@@ -419,16 +419,25 @@ def run_sandboxed(
     cancel_event: Cancellable | None = None,
     grace_s: float = 2.0,
     python: str = sys.executable,
+    pass_fds: tuple[int, ...] = (),
 ) -> SandboxResult:
     """Run ``argv`` (no shell) in ``box`` under ``limits`` and wait; blocking, so call it from a thread.
+
+    ``pass_fds`` are handed over: the command inherits them at the same numbers, and they are closed here once
+    it has started (or failed to start), so the command alone holds them.
 
     stdout+stderr go to ``log_path`` (at most ``limits.output_bytes``; more kills the command) and, line by
     line, to ``on_line``. A limit, a wall timeout or ``cancel_event`` stops the whole tree (SIGTERM to the
     group, SIGKILL to every process of the cgroup after ``grace_s``). Raises :class:`SandboxUnavailable`.
     """
-    if not argv:
-        raise ValueError("run_sandboxed: empty argv")
-    mode = check_sandbox()
+    handed = tuple(pass_fds)
+    try:
+        if not argv:
+            raise ValueError("run_sandboxed: empty argv")
+        mode = check_sandbox()
+    except BaseException:
+        _close_all(handed)
+        raise
     res = SandboxResult(returncode=None, isolation=mode)
     user: SandboxUser | None = None
     cgroup: Cgroup | None = None
@@ -455,12 +464,15 @@ def run_sandboxed(
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                pass_fds=pass_fds,
             )
         except OSError as e:
+            handed = _close_all(handed)
             if log_file:
                 log_file.write(f"[sandbox] cannot start {argv[0]!r}: {e}\n".encode())
             res.returncode = 127
             return res
+        handed = _close_all(handed)
 
         def watch() -> str | None:
             if cgroup is not None and limits.cpu_s and cgroup.cpu_seconds() > limits.cpu_s:
@@ -505,12 +517,23 @@ def run_sandboxed(
         res.wall_s = time.monotonic() - start
         return res
     finally:
+        _close_all(handed)
         if cgroup is not None:
             cgroup.remove()
         if user is not None:
             user.release()
         if log_file:
             log_file.close()
+
+
+def _close_all(fds: tuple[int, ...]) -> tuple[int, ...]:
+    """Close ``fds`` (errors ignored); returns the empty tuple, so that no fd is closed twice."""
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    return ()
 
 
 def _pump(
