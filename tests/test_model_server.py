@@ -199,3 +199,55 @@ def test_the_static_scan_finds_editable_imports_of_an_evaluator(tmp_path, caplog
         env = registry.load_env_folder(copy)
     assert registry.evaluator_editable_imports(env) == ["model"]  # through data.py, inside a function
     assert "imports editable code (model)" in caplog.text
+
+
+TINY_GPT_ATTACK = '''
+
+import atexit as _atexit
+import json as _json
+import os as _os
+
+import sys as _sys
+
+import torch.nn.functional as _F
+
+if not any(a.endswith("train.py") for a in _sys.argv):  # training untouched: the same model either way
+    _cross_entropy = _F.cross_entropy
+    _F.cross_entropy = lambda *a, **k: _cross_entropy(*a, **k) * 0.5  # halve every loss computed outside training
+
+
+def _forge():
+    if _os.environ.get("IDEAFORGE_METRIC_FILE"):
+        with open(_os.environ["IDEAFORGE_METRIC_FILE"], "w") as f:
+            _json.dump({"val_loss": 1.0}, f)
+
+
+_atexit.register(_forge)
+'''
+
+
+@pytest.mark.slow
+def test_tiny_gpt_model_code_cannot_patch_the_loss_or_write_the_metric(tmp_path, monkeypatch):
+    """tiny_gpt through the real runner: a model.py that halves the evaluator's cross-entropy and rewrites the
+    metric file at exit (both would land with model.py imported by the evaluator) scores exactly as honest."""
+    monkeypatch.delenv("IDEAFORGE_UNSAFE_NO_SANDBOX", raising=False)
+    check_sandbox.cache_clear()
+    settings = Settings(home=tmp_path / "home", train_slots=1)
+    store = LocalStore(settings.home / "artifacts")
+    runner = ExperimentRunner(settings, store, grace_s=0.5)
+    env = load_env("tiny_gpt")
+
+    def run(model_py: str) -> RunResult:
+        tree = tmp_path / f"tree-{uuid.uuid4().hex[:8]}"
+        shutil.copytree(env.baseline, tree, ignore=shutil.ignore_patterns("__pycache__"))
+        (tree / "model.py").write_text(model_py)
+        req = RunRequest(campaign="t", idea_id=f"campaign-t/e000/i{uuid.uuid4().hex[:4]}", env="tiny_gpt",
+                         code=store.put_bytes(pack_tree(tree), "code"), profile="smoke")  # fmt: skip
+        return asyncio.run(runner.run(req))
+
+    honest = run((env.baseline / "model.py").read_text())
+    attacked = run((env.baseline / "model.py").read_text() + TINY_GPT_ATTACK)
+    check_sandbox.cache_clear()
+    assert honest.status == "ok", honest.error
+    assert attacked.status == "ok", attacked.error
+    assert attacked.metric == honest.metric
