@@ -223,6 +223,8 @@ class EnvSpec(Strict):
     # the model server: a protected script that loads the trained model with the EDITABLE code and answers the
     # evaluator over a channel, in a sandbox of its own (so editable code never runs where the metric is made)
     serve_command: list[str] | None = None
+    # how many model servers the evaluator gets, each a fresh process (e.g. one that never sees the scored inputs)
+    serve_instances: int = Field(1, ge=1, le=4)
     prepare_command: list[str] | None = None
     metric: str
     direction: Direction

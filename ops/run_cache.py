@@ -157,7 +157,8 @@ class RunCache:
             # the recipe only edits editable files: the tree's evaluator and data loading are the pristine ones
             env = {**base, "IDEAFORGE_EVAL_DATA": str(held_out), "IDEAFORGE_METRIC_FILE": str(metric_file)}
             serve = command(spec.serve_command) if spec.serve_command else None
-            ev = run_local_evaluation(command(spec.eval_command), serve, tree, env, timeout=600)
+            ev = run_local_evaluation(command(spec.eval_command), serve, tree, env, timeout=600,
+                                      instances=spec.serve_instances)  # fmt: skip
             if ev.returncode != 0 or not metric_file.is_file():
                 row["error"] = f"evaluation exit {ev.returncode}: {ev.stderr.strip()[-300:]}"
                 return row

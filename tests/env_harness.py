@@ -107,7 +107,9 @@ def run_env(
         "IDEAFORGE_METRIC_FILE": str(metric_file)
     }
     serve = argv(env.spec.serve_command) if env.spec.serve_command else None
-    result.evaluation = run_local_evaluation(argv(env.spec.eval_command), serve, work, cenv, timeout=timeout)
+    result.evaluation = run_local_evaluation(
+        argv(env.spec.eval_command), serve, work, cenv, timeout=timeout, instances=env.spec.serve_instances
+    )
     if result.evaluation.returncode == 0 and metric_file.is_file():
         result.metrics = json.loads(metric_file.read_text())
     return result

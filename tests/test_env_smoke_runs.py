@@ -46,6 +46,45 @@ def test_tiny_gpt_evaluator_rejects_a_non_causal_model(tmp_path: Path) -> None:
     assert "causality check failed" in run.evaluation.stderr
 
 
+MARKER = "        logits = self.lm_head(self.ln_f(x))\n"
+# eval mode only (training is honest, so the model is the baseline's): raise the logit of the NEXT input token
+PEEK_AT_ALL_BUT = MARKER + """        if not self.training:
+            skip = {0, 6, 63, 126}  # the positions the evaluator's fixed causality check used to test
+            peek = torch.zeros_like(logits)
+            peek[:, :-1].scatter_(2, idx[:, 1:, None], 8.0)
+            peek[:, sorted(skip)] = 0.0
+            logits = logits + peek
+"""
+# remembers every answer by prefix and gives the same one again: passes any check that compares a window with an
+# altered copy in the same process, whichever comes first
+PEEK_AND_REMEMBER = MARKER + """        if not self.training:
+            out = logits.clone()
+            for b in range(B):
+                for s in range(T):
+                    key = tuple(idx[b, : s + 1].tolist())
+                    if key in _ANSWERS:
+                        out[b, s] = _ANSWERS[key]
+                    else:
+                        if s + 1 < T:
+                            out[b, s, idx[b, s + 1]] += 8.0
+                        _ANSWERS[key] = out[b, s].clone()
+            logits = out
+"""
+
+
+@pytest.mark.parametrize("cheat", [PEEK_AT_ALL_BUT, PEEK_AND_REMEMBER], ids=["stateless", "remembering"])
+def test_tiny_gpt_evaluator_rejects_a_model_that_peeks_at_the_next_token(tmp_path: Path, cheat: str) -> None:
+    """Peeking at the next input token at most positions would score far below the honest loss; the probes at
+    secret positions, answered by a server that never saw the scored windows, catch it."""
+    env = load_env("tiny_gpt")
+    model = (env.baseline / "model.py").read_text()
+    assert MARKER in model
+    run = run_env(env, tmp_path, files={"model.py": model.replace(MARKER, cheat) + "\n_ANSWERS = {}\n"})
+    assert run.train.returncode == 0, run.train.stderr[-2000:]
+    assert run.evaluation.returncode == 2 and run.metrics is None, run.evaluation.stdout
+    assert "causality check failed" in run.evaluation.stderr
+
+
 def test_tiny_gpt_evaluator_fails_without_trained_weights(tmp_path: Path) -> None:
     env = load_env("tiny_gpt")
     train = (env.baseline / "train.py").read_text()

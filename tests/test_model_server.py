@@ -123,7 +123,7 @@ def test_honest_model_is_scored_through_the_server(served):
     res, log = served()
     assert res.status == "ok", res.error
     assert 0.001 < res.metric < 0.05  # noise 0.1 -> mse about 0.01
-    assert "===== model server =====" in log
+    assert "===== model server 0 =====" in log
 
 
 def test_model_code_cannot_forge_the_metric_read_targets_or_reach_the_evaluator(served):

@@ -41,7 +41,7 @@ from ideaforge.research_envs.registry import EnvError, ResearchEnv, load_env
 from ideaforge.run.codetree import remove_files, restore_protected, shadowing_files, unpack_code
 from ideaforge.run.datacache import DataCache, PrepareError
 from ideaforge.run.metrics import read_metric_file
-from ideaforge.run.model_channel import SERVER_HIDDEN, ChannelEnds
+from ideaforge.run.model_channel import SERVER_HIDDEN, ChannelEnds, channel_var
 from ideaforge.run.protocol import (
     TrainState,
     cap_text,
@@ -132,9 +132,8 @@ class AttemptDirs:
     def eval_log(self) -> Path:
         return self.root / "eval.log"
 
-    @property
-    def serve_log(self) -> Path:
-        return self.root / "serve.log"
+    def serve_log(self, instance: int = 0) -> Path:
+        return self.root / ("serve.log" if instance == 0 else f"serve-{instance}.log")
 
 
 class StopFlag:
@@ -486,9 +485,9 @@ class ExperimentRunner:
         env_vars: dict[str, str],
         device_ids: list[int],
         stop: StopFlag,
-    ) -> tuple[SandboxResult, SandboxResult | None]:
+    ) -> tuple[SandboxResult, list[SandboxResult]]:
         """A fresh unpack with the pinned protected files, evaluated in its own sandbox; with the env's model
-        server beside it in another when it has one. Returns how the evaluator and the server ended."""
+        servers beside it, each in another, when it has them. Returns how the evaluator and the servers ended."""
         env, spec, res = plan.env, plan.env.spec, plan.resources
         unpack_code(zip_bytes, dirs.eval_code)
         restore_protected(dirs.eval_code, env.baseline, spec.protected_files)
@@ -520,7 +519,7 @@ class ExperimentRunner:
         limits = tree_limits(res, wall_s=timeout, write_bytes=EVAL_WRITE_BYTES)
         argv = isolated_eval_argv(spec.eval_command, "{python}")
         if spec.serve_command is None:
-            return await self._sandboxed(argv, box, eval_vars, limits, dirs.eval_log, stop), None
+            return await self._sandboxed(argv, box, eval_vars, limits, dirs.eval_log, stop), []
         # the model server: editable code, the trained outputs and the training data, never the held-out data
         # nor the metric directory, under a uid of its own; it learns the held-out inputs only as requests
         serve_box = Box(
@@ -529,26 +528,28 @@ class ExperimentRunner:
             devices=devices,
         )
         serve_vars = {k: v for k, v in eval_vars.items() if k not in SERVER_HIDDEN}
-        ends = ChannelEnds.open()
+        serve_argv = isolated_eval_argv(spec.serve_command, "{python}")
+        channels = [ChannelEnds.open() for _ in range(spec.serve_instances)]
         serve_stop = StopFlag(stop)
-        server = asyncio.ensure_future(
-            self._sandboxed(
-                isolated_eval_argv(spec.serve_command, "{python}"), serve_box, serve_vars | ChannelEnds.var(ends.serve),
-                limits, dirs.serve_log, serve_stop, pass_fds=ends.serve,
+        servers = [
+            asyncio.ensure_future(
+                self._sandboxed(serve_argv, serve_box, serve_vars | channel_var([ends.serve]), limits,
+                                dirs.serve_log(i), serve_stop, pass_fds=ends.serve)
             )
-        )  # fmt: skip
+            for i, ends in enumerate(channels)
+        ]  # fmt: skip
         try:
             result = await self._sandboxed(
-                argv, box, eval_vars | ChannelEnds.var(ends.evaluator), limits, dirs.eval_log, stop,
-                pass_fds=ends.evaluator,
+                argv, box, eval_vars | channel_var([ends.evaluator for ends in channels]), limits, dirs.eval_log,
+                stop, pass_fds=tuple(fd for ends in channels for fd in ends.evaluator),
             )  # fmt: skip
         finally:
-            try:  # the evaluator's end is closed: a server that does not exit on its own is stopped
-                await asyncio.wait_for(asyncio.shield(server), SERVE_EXIT_GRACE_S)
+            try:  # the evaluator's ends are closed: a server that does not exit on its own is stopped
+                await asyncio.wait_for(asyncio.shield(asyncio.gather(*servers)), SERVE_EXIT_GRACE_S)
             except TimeoutError:
                 serve_stop.internal.set()
-                await server
-        return result, server.result()
+                await asyncio.gather(*servers)
+        return result, [server.result() for server in servers]
 
     async def _sandboxed(
         self,
@@ -600,7 +601,7 @@ class ExperimentRunner:
         return None, None
 
     def _eval_failure(
-        self, res: SandboxResult, served: SandboxResult | None, dirs: AttemptDirs
+        self, res: SandboxResult, servers: list[SandboxResult], dirs: AttemptDirs
     ) -> tuple[FailureCategory | None, str | None]:
         if res.output_limited:
             return "output_limit", "evaluation exceeded the output limit"
@@ -610,9 +611,11 @@ class ExperimentRunner:
             return "eval_failed", "evaluation exceeded the memory limit"
         if res.returncode != 0:
             error = f"evaluator exited with {res.returncode}:\n{error_tail(dirs.eval_log)}"
-            if served is not None and not served.ok:
-                why = "exceeded the memory limit" if served.memory_limited else f"exited with {served.returncode}"
-                error += f"\nthe model server {why}:\n{error_tail(dirs.serve_log)}"
+            for i, served in enumerate(servers):
+                if not served.ok:
+                    why = "exceeded the memory limit" if served.memory_limited else f"exited with {served.returncode}"
+                    error += f"\nthe model server {why}:\n{error_tail(dirs.serve_log(i))}"
+                    break
             return "eval_failed", error
         return None, None
 
@@ -623,7 +626,10 @@ class ExperimentRunner:
         if category is not None:
             base.status, base.category, base.error, base.metric = "failed", category, error, None
         parts = []
-        for name, p in (("train", dirs.train_log), ("eval", dirs.eval_log), ("model server", dirs.serve_log)):
+        servers = []
+        while dirs.serve_log(len(servers)).is_file():
+            servers.append((f"model server {len(servers)}", dirs.serve_log(len(servers))))
+        for name, p in (("train", dirs.train_log), ("eval", dirs.eval_log), *servers):
             if p.is_file():
                 parts.append(f"===== {name} =====\n".encode() + read_capped(p, self.log_cap_bytes))
         if error and not parts:

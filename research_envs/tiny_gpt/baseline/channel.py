@@ -1,8 +1,9 @@
 """PROTECTED. The pipe between the evaluator and the model server (serve.py), each in its own sandbox.
 
-The runner gives both processes two pipe ends in IDEAFORGE_MODEL_CHANNEL ("<read fd>,<write fd>"). The editable
-model code only ever runs in the server, which cannot see the held-out targets beyond the inputs it is sent
-and cannot write the metric: it answers token windows with logits, and the evaluator scores them.
+The runner starts two model servers, each a fresh process in a sandbox of its own, and gives each one pipe pair
+in IDEAFORGE_MODEL_CHANNEL ("<read fd>,<write fd>"); the evaluator gets one pair per server, separated by ";".
+The editable model code only ever runs in the servers, which cannot see the held-out targets beyond the inputs
+they are sent and cannot write the metric: they answer token windows with logits, and the evaluator scores them.
 
 Frames (little-endian):
 - hello, server -> evaluator: MAGIC, then int64 parameter count (reported by the server, informational);
@@ -26,16 +27,19 @@ class ChannelClosed(Exception):
     """The other side closed the channel (or sent a malformed frame)."""
 
 
-def endpoints() -> tuple[BinaryIO, BinaryIO]:
-    """(reader, writer) of this process's end of the channel."""
+def endpoints(count: int) -> list[tuple[BinaryIO, BinaryIO]]:
+    """(reader, writer) of each of the ``count`` channels this process holds."""
     value = os.environ.get("IDEAFORGE_MODEL_CHANNEL", "")
     try:
-        r, w = (int(x) for x in value.split(","))
+        pairs = [tuple(int(x) for x in pair.split(",")) for pair in value.split(";")]
+        if len(pairs) != count or any(len(p) != 2 for p in pairs):
+            raise ValueError(value)
     except ValueError:
         raise SystemExit(
-            f"IDEAFORGE_MODEL_CHANNEL={value!r}: the runner starts the evaluator and serve.py joined by a channel"
+            f"IDEAFORGE_MODEL_CHANNEL={value!r}: want {count} channel(s); the runner joins the evaluator and its "
+            "model servers (serve_command, serve_instances = 2)"
         ) from None
-    return os.fdopen(r, "rb"), os.fdopen(w, "wb")
+    return [(os.fdopen(r, "rb"), os.fdopen(w, "wb")) for r, w in pairs]
 
 
 def read_exact(f: BinaryIO, n: int) -> bytes:

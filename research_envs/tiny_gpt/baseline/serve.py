@@ -2,7 +2,9 @@
 
 Runs in its own sandbox, apart from the evaluator: it loads $IDEAFORGE_OUT/model.pt (weights_only=True), builds
 GPT(GPTConfig(**config)) from the (editable) model.py and answers each request of channel.py with model(x)'s
-logits in eval mode. It never sees the held-out data beyond the windows it is sent, nor the metric file.
+logits in eval mode. It never sees the held-out data beyond the windows it is sent, nor the metric file. The
+evaluator runs two of these: one scores the held-out windows, the other sees only altered windows (the causality
+probes) and never the scored ones, so a model that remembers what it answered cannot keep its story straight.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def logits_of(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 def main() -> None:
     data.setup_threads()
     torch.manual_seed(0)
-    reader, writer = channel.endpoints()
+    [(reader, writer)] = channel.endpoints(1)
     path = data.out_dir() / "model.pt"
     if not path.is_file():
         raise SystemExit(f"no trained model at {path}: train.py must save it there")
