@@ -85,6 +85,16 @@ def test_tiny_gpt_evaluator_rejects_a_model_that_peeks_at_the_next_token(tmp_pat
     assert "causality check failed" in run.evaluation.stderr
 
 
+def test_tiny_gpt_non_finite_logits_give_a_nan_metric_not_a_failed_check(tmp_path: Path) -> None:
+    """NaN logits at evaluation are the model's result (the runner files it as ``nan``), not a check failure."""
+    env = load_env("tiny_gpt")
+    model = (env.baseline / "model.py").read_text()
+    nan = MARKER + "        if not self.training:\n            logits = logits * float('nan')\n"
+    run = run_env(env, tmp_path, files={"model.py": model.replace(MARKER, nan)})
+    assert run.evaluation.returncode == 0, run.evaluation.stderr[-2000:]
+    assert math.isnan(run.metrics["val_loss"])
+
+
 def test_tiny_gpt_evaluator_fails_without_trained_weights(tmp_path: Path) -> None:
     env = load_env("tiny_gpt")
     train = (env.baseline / "train.py").read_text()

@@ -73,6 +73,8 @@ def score(scorer: ModelServer, windows: torch.Tensor, rng: random.Random) -> tup
             logits_of[idx] = logits
         else:
             again[idx] = window_losses(logits, windows[idx])
+    if not torch.isfinite(first).all():
+        return first, logits_of, None  # a non-finite loss is the result itself (the runner's "nan")
     drift = (first - again).abs().max().item()
     if not drift <= ORDER_TOL * (1.0 + first.abs().max().item()):
         return first, logits_of, f"evaluation in another batch order disagrees (max window loss change {drift:.3g})"
@@ -113,7 +115,8 @@ def main() -> None:
         scorer, prober = (ModelServer(r, w) for r, w in channel.endpoints(2))
         losses, scored, problem = score(scorer, windows, rng)
         scorer.close()
-        problem = problem or probe(prober, windows, scored, rng)
+        if torch.isfinite(losses).all():
+            problem = problem or probe(prober, windows, scored, rng)
         prober.close()
     except (channel.ChannelClosed, BrokenPipeError) as e:
         print(f"a model server stopped answering ({e}); its log says why", file=sys.stderr)
