@@ -29,7 +29,7 @@ from importlib import metadata
 from pathlib import Path
 
 from ideaforge.llm.offline import Recipe, recipe_files, to_mutations
-from ideaforge.research_envs.registry import ResearchEnv, files_digest
+from ideaforge.research_envs.registry import ResearchEnv, expand_command, files_digest
 from ideaforge.run.model_channel import run_local_evaluation
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ class RunCache:
         }  # fmt: skip
 
         def command(argv: list[str]) -> list[str]:
-            return [sys.executable if a == "{python}" else a for a in argv]
+            return expand_command(argv, sys.executable)
 
         t0 = time.monotonic()
         try:

@@ -117,6 +117,14 @@ def files_digest(base: Path, files: list[str]) -> str:
     return h.hexdigest()
 
 
+PYTHON_PLACEHOLDER = "{python}"
+
+
+def expand_command(command: list[str], python: str) -> list[str]:
+    """An env command with ``{python}`` replaced by the interpreter that runs it (PROTOCOL.md step 2)."""
+    return [a.replace(PYTHON_PLACEHOLDER, python) for a in command]
+
+
 def evaluator_editable_imports(env: ResearchEnv) -> list[str]:
     """Editable modules the evaluator imports, directly or through the protected modules it imports (a static
     scan). Non-empty means generated code runs inside the process that writes the metric, where it could forge

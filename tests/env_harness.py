@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ideaforge.research_envs.registry import ResearchEnv
+from ideaforge.research_envs.registry import ResearchEnv, expand_command
 from ideaforge.run.model_channel import run_local_evaluation
 
 PREFIXES = ("IDEAFORGE_PROGRESS ", "IDEAFORGE_CHECKPOINT ")
@@ -56,7 +56,7 @@ def command_env(
 
 
 def argv(command: list[str]) -> list[str]:
-    return [sys.executable if part == "{python}" else part for part in command]
+    return expand_command(command, sys.executable)
 
 
 def parse_lines(stdout: str, prefix: str) -> list[dict]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ideaforge.models import PreflightCost, PreflightRequest, PreflightResult, PreflightSpec, Resources
-from ideaforge.research_envs.registry import ResearchEnv
+from ideaforge.research_envs.registry import ResearchEnv, expand_command
 from ideaforge.run.codetree import remove_files, restore_protected, shadowing_files, unpack_code
 from ideaforge.run.protocol import error_tail, is_protocol_line, parse_line
 from ideaforge.run.runner import MB, ExperimentRunner, RunCancelled, StopFlag, safe_name
@@ -287,7 +287,7 @@ class Preflight:
         on_line=None,  # noqa: ANN001 - Callable[[str], None] | None
     ) -> SandboxResult:
         return run_sandboxed(
-            [a.replace("{python}", self.runner.python) for a in command],
+            expand_command(command, self.runner.python),
             box,
             scrubbed_env(env_vars),
             limits,

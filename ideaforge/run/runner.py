@@ -37,7 +37,7 @@ from typing import Any
 
 from ideaforge.config import Settings
 from ideaforge.models import ArtifactRef, FailureCategory, Progress, Resources, RunRequest, RunResult
-from ideaforge.research_envs.registry import EnvError, ResearchEnv, load_env
+from ideaforge.research_envs.registry import EnvError, ResearchEnv, expand_command, load_env
 from ideaforge.run.codetree import remove_files, restore_protected, shadowing_files, unpack_code
 from ideaforge.run.datacache import DataCache, PrepareError
 from ideaforge.run.metrics import read_metric_file
@@ -662,7 +662,7 @@ class ExperimentRunner:
             raise
 
     def _argv(self, command: list[str]) -> list[str]:
-        return [a.replace("{python}", self.python) for a in command]
+        return expand_command(command, self.python)
 
     def _thread_vars(self) -> dict[str, str]:
         n = str(self.threads)
