@@ -310,3 +310,38 @@ def test_supervised_worker_killed_is_restarted_and_nothing_is_lost(settings: Set
     assert runs == 3
     log = (settings.home / "logs" / "supervisor.log").read_text()
     assert "worker died" in log and "worker restarted (restart #1)" in log
+
+
+def test_a_cancel_pending_when_the_training_worker_dies_ends_the_idea_canceled(
+    served_settings: Settings, temporal_env, tmp_path: Path
+) -> None:
+    """The worker dies (kill -9) with the idea's training running, then the idea is cancelled: the cancel can
+    never reach that worker, the attempt times out on its heartbeat, and the idea still ends CANCELED (not
+    FAILED), without another attempt."""
+    from temporalio.client import WorkflowFailureError
+
+    campaign = f"cxdie-{uuid.uuid4().hex[:6]}"
+    inp = _baseline_idea_input(served_settings, campaign)
+
+    async def scenario() -> tuple[WorkflowExecutionStatus, float, BaseException]:
+        client = temporal_env.client
+        async with running_worker(client, served_settings, CONTROL):
+            w1 = spawn_worker(tmp_path / "w1.log")
+            try:
+                handle = await client.start_workflow(
+                    IdeaWorkflow.run, inp, id=inp.idea.idea_id, task_queue=names.ORCHESTRATOR_QUEUE
+                )
+                await wait_for_checkpoint(client, handle.id, 5)
+                os.killpg(w1.pid, signal.SIGKILL)
+                await asyncio.to_thread(w1.wait, 60)
+                t0 = time.monotonic()
+                await handle.cancel()
+                with pytest.raises(WorkflowFailureError) as failure:
+                    await asyncio.wait_for(handle.result(), 120)
+                return (await handle.describe()).status, time.monotonic() - t0, failure.value.cause
+            finally:
+                _stop(w1)
+
+    status, seconds, cause = asyncio.run(scenario())
+    print(f"\ncancel pending on a dead worker: the idea ended {seconds:.1f}s after the cancel")
+    assert status == WorkflowExecutionStatus.CANCELED, cause

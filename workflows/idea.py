@@ -63,6 +63,7 @@ with workflow.unsafe.imports_passed_through():
 BUDGET_STOP = "implement-budget-stop"  # workflow.patched id: an implement round refused for budget ends the loop
 PATCH_REPORT_CANCEL = "idea-reports-its-cancel"  # a cancelled idea signals idea_done (category cancelled)
 PATCH_WAIT_TRAINING_CANCEL = "idea-waits-for-training-cancel"  # cancel waits until the trainer stopped
+PATCH_CANCEL_OUTLIVES_WORKER = "idea-cancel-outlives-its-worker"  # cancelled, then its worker died: CANCELED
 
 CPU_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -134,9 +135,14 @@ class IdeaWorkflow:
             raise
         except ActivityError as e:
             # cancelled during an activity (the campaign, or a person, cancelled this idea), or retries exhausted
-            # or non-retryable: either way the campaign must hear of it. A cancel still ends the workflow CANCELED.
-            category = "cancelled" if is_cancelled_exception(e) else "crashed"
+            # or non-retryable: either way the campaign must hear of it. A cancel still ends the workflow CANCELED,
+            # also when the activity could not confirm it (its worker died with the cancel pending: it timed out)
+            late = not is_cancelled_exception(e) and workflow.cancellation_reason() is not None
+            cancel_wins = late and workflow.patched(PATCH_CANCEL_OUTLIVES_WORKER)
+            category = "cancelled" if is_cancelled_exception(e) or cancel_wins else "crashed"
             await self._tell_campaign(self._ended(inp, category, f"{e}: {e.cause}", device_time_of(e)))
+            if cancel_wins:
+                raise asyncio.CancelledError(f"cancelled; the activity then ended with: {e.cause}") from e
             raise
 
     def _ended(
