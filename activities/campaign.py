@@ -10,6 +10,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from ideaforge import names
+from ideaforge.activities.heartbeat import heartbeating
 from ideaforge.config import Settings
 from ideaforge.llm.client import LLMError
 from ideaforge.llm.dedup import drop_duplicates
@@ -176,7 +177,8 @@ class CampaignActivities:
         if n_model:
             ideator = make_ideator(req.provider, store=self.store)
             try:
-                res = await ideator.propose(req.model_copy(update={"n": n_model}), env)
+                async with heartbeating():
+                    res = await ideator.propose(req.model_copy(update={"n": n_model}), env)
             except LLMError as e:  # provider failures become a recorded error, not a dead campaign
                 res = IdeateResult(ideas=[], errors=[_give_up_on_llm(e)])
         kept, rejected = drop_duplicates(res.ideas, req.archive)
@@ -196,7 +198,8 @@ class CampaignActivities:
         env = self.env(req.env)
         implementer = make_implementer(req.provider, store=self.store)
         try:
-            return await implementer.implement(req, env, self.store)
+            async with heartbeating():
+                return await implementer.implement(req, env, self.store)
         except LLMError as e:
             return Implementation(applies=False, category="llm_failed", error=_give_up_on_llm(e))
 

@@ -273,7 +273,7 @@ class IdeaWorkflow:
             result_type=Implementation,
             task_queue=names.CPU_QUEUE,
             start_to_close_timeout=timedelta(minutes=15),
-            heartbeat_timeout=timedelta(minutes=5),
+            heartbeat_timeout=timedelta(minutes=1),  # it beats every 10 s: a lost attempt is retried within 1 min
             retry_policy=CPU_RETRY,
         )
 
