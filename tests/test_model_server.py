@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -98,16 +99,22 @@ def served(tmp_path, monkeypatch):
     check_sandbox.cache_clear()
     settings = Settings(home=tmp_path / "home", env_paths=[ENVS], train_slots=1)
     store = LocalStore(settings.home / "artifacts")
-    runner = ExperimentRunner(settings, store, grace_s=0.5)
+    runner = ExperimentRunner(settings, store, grace_s=0.5, eval_timeout_s=20)
 
-    def run(files: dict[str, str] | None = None) -> tuple[RunResult, str]:
+    def run(files: dict[str, str] | None = None, loop_threads: int | None = None) -> tuple[RunResult, str]:
         tree = tmp_path / f"tree-{uuid.uuid4().hex[:8]}"
         shutil.copytree(SERVED.baseline, tree, ignore=shutil.ignore_patterns("__pycache__"))
         for rel, text in (files or {}).items():
             (tree / rel).write_text(text)
         code = store.put_bytes(pack_tree(tree), "code")
         req = RunRequest(campaign="t", idea_id=f"campaign-t/e000/i{uuid.uuid4().hex[:4]}", env="toy_served", code=code)
-        res = asyncio.run(runner.run(req))
+
+        async def in_loop() -> RunResult:
+            if loop_threads:  # the event loop's default pool, as small as a busy worker's may be
+                asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=loop_threads))
+            return await runner.run(req)
+
+        res = asyncio.run(in_loop())
         return res, store.get_text(res.log) if res.log else ""
 
     run.heldout = DataCache(settings.home).eval_dir(SERVED, "default") / "heldout.json"  # type: ignore[attr-defined]
@@ -138,6 +145,13 @@ def test_model_code_cannot_forge_the_metric_read_targets_or_reach_the_evaluator(
     assert res.status == "ok", res.error
     assert res.metric == pytest.approx(honest.metric, rel=1e-12)  # the honest score, not the forged 1e-9
     assert served.heldout.is_file()  # the guess was right: the file exists, outside the server's view
+
+
+def test_a_served_evaluation_does_not_wait_for_the_event_loops_threads(served):
+    """The evaluator and its server must run at once: with a one-thread default pool (a busy worker's), they
+    would wait on each other until the evaluation timed out."""
+    res, _ = served(loop_threads=1)
+    assert res.status == "ok", res.error
 
 
 def test_a_crashing_model_fails_the_evaluation_with_the_servers_error(served):

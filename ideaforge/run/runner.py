@@ -20,6 +20,7 @@ storage errors, a failing prepare_command, a broken env, a sandbox that cannot b
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import re
@@ -31,6 +32,7 @@ import time
 import uuid
 import zipfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +72,7 @@ log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
 EVAL_WRITE_BYTES = 64 * MB
+COMMAND_THREADS = 64  # threads for sandboxed commands (created as needed): waiting, not computing
 SERVE_EXIT_GRACE_S = 10.0  # a model server still running this long after its evaluator ended is stopped
 # runs the evaluator under `python -I` (no cwd, no PYTHON* variables, no user site on sys.path) with the
 # evaluation tree appended at the END of sys.path: the stdlib and installed packages always win
@@ -212,6 +215,9 @@ class ExperimentRunner:
         self.grace_s = grace_s
         self.worker = settings.worker_identity or f"{socket.gethostname()}:{os.getpid()}"
         self.data = DataCache(settings.home)
+        # every running command waits in a thread of its own, and a served evaluation needs 1 + serve_instances of
+        # them at once: never the event loop's small default pool, where they could wait on each other
+        self._command_threads = ThreadPoolExecutor(max_workers=COMMAND_THREADS, thread_name_prefix="ideaforge-cmd")
 
     # ------------------------------------------------------------------ public
 
@@ -562,22 +568,20 @@ class ExperimentRunner:
         on_line: Callable[[str], None] | None = None,
         pass_fds: tuple[int, ...] = (),
     ) -> SandboxResult:
-        return await self._guarded(
-            asyncio.to_thread(
-                run_sandboxed,
-                self._argv(command),
-                box,
-                scrubbed_env(env_vars),
-                limits,
-                on_line=on_line,
-                log_path=log_path,
-                cancel_event=stop,
-                grace_s=self.grace_s,
-                python=self.python,
-                pass_fds=pass_fds,
-            ),
-            stop,
+        call = functools.partial(
+            run_sandboxed,
+            self._argv(command),
+            box,
+            scrubbed_env(env_vars),
+            limits,
+            on_line=on_line,
+            log_path=log_path,
+            cancel_event=stop,
+            grace_s=self.grace_s,
+            python=self.python,
+            pass_fds=pass_fds,
         )
+        return await self._guarded(asyncio.get_running_loop().run_in_executor(self._command_threads, call), stop)
 
     # ------------------------------------------------------------------ results
 
