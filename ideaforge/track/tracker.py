@@ -315,6 +315,21 @@ class Tracker:
         if run.info.status in TERMINAL:
             log.info("idea %s already recorded as run %s (%s)", req.idea.idea_id, run_id, run.info.status)
             return RecordResult(run_id=run_id, experiment_id=eid)
+        try:
+            return self._complete_idea_run(eid, run, created, req, end_ms)
+        except TrackingError:
+            # a concurrent attempt that created this run deleted it meanwhile, yielding to an older one (at any
+            # step: params, metrics, artifacts or the finish): the older run owns the key and its attempt completes it
+            owner = self.runs_by_key(eid, req.idea.idea_id)
+            if not owner or owner[0].info.run_id == run_id:
+                raise
+            log.info("run %s of %s was deleted meanwhile; %s owns the key", run_id, req.idea.idea_id, owner[0].info.run_id)
+            return RecordResult(run_id=owner[0].info.run_id, experiment_id=eid)
+
+    def _complete_idea_run(
+        self, eid: str, run: Run, created: bool, req: RecordIdeaRequest, end_ms: int | None
+    ) -> RecordResult:
+        run_id = run.info.run_id
         if not created:
             log.info("completing unfinished run %s of idea %s", run_id, req.idea.idea_id)
             self.set_tags(run_id, _idea_tags(req))
@@ -331,15 +346,7 @@ class Tracker:
                 with self._errors(f"deleting duplicate run {run_id}"):
                     self.client.delete_run(run_id)
             return RecordResult(run_id=oldest[0].info.run_id, experiment_id=eid)
-        try:
-            self.finish(run_id, "FINISHED" if req.outcome.summary.status == "ok" else "FAILED", end_ms)
-        except TrackingError:
-            # a concurrent attempt that created this run deleted it, yielding to an older one: that one owns the key
-            owner = self.runs_by_key(eid, req.idea.idea_id)
-            if not owner or owner[0].info.run_id == run_id:
-                raise
-            log.info("run %s of %s was deleted meanwhile; %s owns the key", run_id, req.idea.idea_id, owner[0].info.run_id)
-            return RecordResult(run_id=owner[0].info.run_id, experiment_id=eid)
+        self.finish(run_id, "FINISHED" if req.outcome.summary.status == "ok" else "FAILED", end_ms)
         return RecordResult(run_id=run_id, experiment_id=eid)
 
     def _idea_artifacts(self, run_id: str, req: RecordIdeaRequest) -> list[str]:
