@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ideaforge.models import PreflightCost, PreflightRequest, PreflightResult, PreflightSpec, Resources
-from ideaforge.research_envs.registry import ResearchEnv, expand_command
+from ideaforge.research_envs.registry import ResearchEnv
 from ideaforge.run.codetree import remove_files, restore_protected, shadowing_files, unpack_code
 from ideaforge.run.protocol import error_tail, is_protocol_line, parse_line
 from ideaforge.run.runner import MB, ExperimentRunner, RunCancelled, StopFlag, safe_name
-from ideaforge.run.sandbox import Box, Cancellable, Limits, SandboxResult, run_sandboxed, scrubbed_env
+from ideaforge.run.sandbox import Box, Cancellable, Limits, SandboxResult
 from ideaforge.store.artifacts import StorageError
 
 log = logging.getLogger(__name__)
@@ -286,16 +286,8 @@ class Preflight:
         stop: StopFlag,
         on_line=None,  # noqa: ANN001 - Callable[[str], None] | None
     ) -> SandboxResult:
-        return run_sandboxed(
-            expand_command(command, self.runner.python),
-            box,
-            scrubbed_env(env_vars),
-            limits,
-            on_line=on_line,
-            log_path=log_path,
-            cancel_event=stop,
-            grace_s=self.grace_s,
-            python=self.runner.python,
+        return self.runner.run_command(
+            command, box, env_vars, limits, log_path, stop, on_line=on_line, grace_s=self.grace_s
         )
 
     @staticmethod

@@ -524,7 +524,7 @@ class ExperimentRunner:
         timeout = self.eval_timeout_s or max(60.0, res.time_limit_s / 2)
         limits = tree_limits(res, wall_s=timeout, write_bytes=EVAL_WRITE_BYTES)
         argv = isolated_eval_argv(spec.eval_command, "{python}")
-        if spec.serve_command is None:
+        if not served:
             return await self._sandboxed(argv, box, eval_vars, limits, dirs.eval_log, stop), []
         # the model server: editable code, the trained outputs and the training data, never the held-out data
         # nor the metric directory, under a uid of its own; it learns the held-out inputs only as requests
@@ -569,7 +569,24 @@ class ExperimentRunner:
         pass_fds: tuple[int, ...] = (),
     ) -> SandboxResult:
         call = functools.partial(
-            run_sandboxed,
+            self.run_command, command, box, env_vars, limits, log_path, stop, on_line=on_line, pass_fds=pass_fds
+        )
+        return await self._guarded(asyncio.get_running_loop().run_in_executor(self._command_threads, call), stop)
+
+    def run_command(
+        self,
+        command: list[str],
+        box: Box,
+        env_vars: dict[str, str],
+        limits: Limits,
+        log_path: Path,
+        stop: StopFlag,
+        on_line: Callable[[str], None] | None = None,
+        pass_fds: tuple[int, ...] = (),
+        grace_s: float | None = None,
+    ) -> SandboxResult:
+        """Run an env command (``{python}`` expanded, environment scrubbed) in ``box``; blocking."""
+        return run_sandboxed(
             self._argv(command),
             box,
             scrubbed_env(env_vars),
@@ -577,11 +594,10 @@ class ExperimentRunner:
             on_line=on_line,
             log_path=log_path,
             cancel_event=stop,
-            grace_s=self.grace_s,
+            grace_s=self.grace_s if grace_s is None else grace_s,
             python=self.python,
             pass_fds=pass_fds,
         )
-        return await self._guarded(asyncio.get_running_loop().run_in_executor(self._command_threads, call), stop)
 
     # ------------------------------------------------------------------ results
 
