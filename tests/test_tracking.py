@@ -8,7 +8,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import BAD_REQUEST
 
 from ideaforge.cli import stack
 from ideaforge.cli.procs import free_port
@@ -357,6 +359,62 @@ def test_concurrent_attempts_leave_one_run(tracker: Tracker, store: LocalStore) 
     rows = campaign_runs(tracker.client, c)
     assert len(rows) == 1 and set(results) == {rows[0]["run_id"]}
     assert _history(tracker, rows[0]["run_id"], "train_loss") == [(p.step, p.value) for p in CURVE]
+
+
+def _racing_params(tracker: Tracker, monkeypatch: pytest.MonkeyPatch, other: dict[str, str]) -> None:
+    """The first params batch meets another attempt's insert of ``other`` (committed first): what MLflow's
+    SQL store answers then, a unique-key violation reported as BAD_REQUEST."""
+    real = tracker.client.log_batch
+    raced: list[bool] = []
+
+    def log_batch(run_id: str, metrics=(), params=(), tags=(), **kw):  # noqa: ANN001, ANN003, ANN202
+        if params and not raced:
+            raced.append(True)
+            real(run_id, params=[Param(k, v) for k, v in other.items()])
+            raise MlflowException(
+                "(sqlite3.IntegrityError) UNIQUE constraint failed: params.key, params.run_uuid",
+                error_code=BAD_REQUEST,
+            )
+        return real(run_id, metrics=metrics, params=params, tags=tags, **kw)
+
+    monkeypatch.setattr(tracker.client, "log_batch", log_batch)
+
+
+@pytest.mark.integration
+def test_params_racing_another_attempt_are_completed_not_an_error(
+    tracker: Tracker, store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both attempts log the run's params at once (CI saw it 1 in ~25 full runs): the loser keeps the winner's
+    params and logs the rest, and the idea is recorded once, whole."""
+    c = _campaign()
+    req = _idea_req(store, c, 0, 0, None)
+    _racing_params(tracker, monkeypatch, {"title": req.idea.title})
+    rec = tracker.record_idea(req)
+    rows = campaign_runs(tracker.client, c)
+    assert len(rows) == 1 and rows[0]["run_id"] == rec.run_id and rows[0]["status"] == "FINISHED"
+    assert rows[0]["params"]["title"] == req.idea.title and rows[0]["params"]["profile"] == "smoke"
+
+
+@pytest.mark.integration
+def test_a_param_raced_with_another_value_stays_an_error(
+    tracker: Tracker, store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = _campaign()
+    req = _idea_req(store, c, 0, 0, None)
+    _racing_params(tracker, monkeypatch, {"title": "another idea"})
+    with pytest.raises(TrackingError, match="rejected logging params"):
+        tracker.record_idea(req)
+
+
+@pytest.mark.integration
+def test_a_rejection_that_is_no_race_stays_an_error(
+    tracker: Tracker, store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = _campaign()
+    req = _idea_req(store, c, 0, 0, None)
+    _racing_params(tracker, monkeypatch, {})
+    with pytest.raises(TrackingError, match="rejected logging params"):
+        tracker.record_idea(req)
 
 
 # ---------------------------------------------------------------------- server outage (own server)

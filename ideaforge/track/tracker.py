@@ -227,9 +227,28 @@ class Tracker:
         todo = [
             Param(k[:KEY_MAX], _clip(str(v), PARAM_MAX)) for k, v in params.items() if k[:KEY_MAX] not in have
         ]
-        with self._errors(f"logging params of run {run.info.run_id}"):
-            for i in range(0, len(todo), _BATCH_PARAMS):
-                self.client.log_batch(run.info.run_id, params=todo[i : i + _BATCH_PARAMS])
+        for i in range(0, len(todo), _BATCH_PARAMS):
+            self._log_param_batch(run.info.run_id, todo[i : i + _BATCH_PARAMS])
+
+    def _log_param_batch(self, run_id: str, batch: list[Param]) -> None:
+        """One batch of params. Two attempts logging the same params at once collide in MLflow's SQL store
+        (a unique-key violation it reports as BAD_REQUEST, unlike tags and metrics, which it retries): on a
+        rejection, params the other writer logged with the same value are done, and the rest are sent once
+        more; a param logged with another value stays an error."""
+        try:
+            with self._errors(f"logging params of run {run_id}"):
+                self.client.log_batch(run_id, params=batch)
+            return
+        except TrackingError:
+            with self._errors(f"reading params of run {run_id}"):
+                logged = self.client.get_run(run_id).data.params
+            rest = [p for p in batch if p.key not in logged]
+            if any(logged[p.key] != p.value for p in batch if p.key in logged) or len(rest) == len(batch):
+                raise
+        if rest:
+            log.info("params of run %s raced another attempt; logging the %d still missing", run_id, len(rest))
+            with self._errors(f"logging params of run {run_id}"):
+                self.client.log_batch(run_id, params=rest)
 
     def log_metrics(self, run: Run, points: list[tuple[str, float, int]], skip_existing: bool = True) -> int:
         """Log (key, value, step) points with the run's start time as timestamp; non-finite values dropped.
