@@ -32,7 +32,7 @@ than slots + ahead ideas are in flight it plans the deficit, parents chosen from
 of order. Same budget of experiments in both.
 
     .venv/bin/python ops/bench_search.py --seeds 16 --epochs 5 --ideas 8 --schedules sync,steady
-    .venv/bin/python ops/bench_search.py --landscape runs --seeds 12 --schedules sync --cached-only  # shipped cache
+    .venv/bin/python ops/bench_search.py --landscape runs --seeds 12 --cached-only  # shipped cache, sync and steady
     .venv/bin/python ops/bench_search.py --landscape runs --seeds 12 --fill --shard 0/2 &  # grow the cache
 """
 
@@ -335,6 +335,8 @@ def report(
         failed = sum(r["failed"] for r in rs)
         print(f"  {s:10s} confirmed winner {statistics.fmean(r['confirmed'] for r in rs):.4f}{true}, "
               f"experiments {rs[0]['experiments']}, failed runs {failed}")  # fmt: skip
+        per_seed = " ".join(f"{r['confirmed']:.3f}" for r in rs)
+        print(f"  {'':10s} per seed (campaign seeds in order): {per_seed}")
     for other in ("random", "best_of_n"):
         for key in keys:
             m, lo, hi = paired_ci([r[key] for r in rows["evolution"]], [r[key] for r in rows[other]])
