@@ -396,23 +396,17 @@ def test_params_racing_another_attempt_are_completed_not_an_error(
 
 
 @pytest.mark.integration
-def test_a_param_raced_with_another_value_stays_an_error(
-    tracker: Tracker, store: LocalStore, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    "other",
+    [{"title": "another idea"}, {}],
+    ids=["a-param-raced-with-another-value", "a-rejection-that-is-no-race"],
+)
+def test_a_rejection_that_is_not_the_same_params_stays_an_error(
+    tracker: Tracker, store: LocalStore, monkeypatch: pytest.MonkeyPatch, other: dict[str, str]
 ) -> None:
     c = _campaign()
     req = _idea_req(store, c, 0, 0, None)
-    _racing_params(tracker, monkeypatch, {"title": "another idea"})
-    with pytest.raises(TrackingError, match="rejected logging params"):
-        tracker.record_idea(req)
-
-
-@pytest.mark.integration
-def test_a_rejection_that_is_no_race_stays_an_error(
-    tracker: Tracker, store: LocalStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    c = _campaign()
-    req = _idea_req(store, c, 0, 0, None)
-    _racing_params(tracker, monkeypatch, {})
+    _racing_params(tracker, monkeypatch, other)
     with pytest.raises(TrackingError, match="rejected logging params"):
         tracker.record_idea(req)
 

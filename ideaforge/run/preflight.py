@@ -151,7 +151,7 @@ class Preflight:
 
         stop = StopFlag(cancel)
         if files:
-            res = self._sandboxed(
+            res = self.runner.run_command(
                 ["{python}", "-I", "-c", _COMPILE, *files],
                 Box(cwd=dirs.code, writable=[dirs.code, dirs.out]),
                 {"HOME": "/tmp", "TMPDIR": "/tmp"},
@@ -159,6 +159,7 @@ class Preflight:
                        output_bytes=MB, file_bytes=MB, write_bytes=None),
                 dirs.compile_log,
                 stop,
+                grace_s=self.grace_s,
             )
             cost = self._add(cost, res)
             if stop.cancelled:
@@ -206,7 +207,7 @@ class Preflight:
                 if isinstance(step, int | float) and step >= pf.stop_at_step:
                     stop.internal.set()
 
-        return self._sandboxed(
+        return self.runner.run_command(
             pf.command or env.spec.run_command,
             Box(
                 cwd=dirs.code,
@@ -226,6 +227,7 @@ class Preflight:
             dirs.run_log,
             stop,
             on_line=on_line,
+            grace_s=self.grace_s,
         )
 
     def _baseline_failure(self, env: ResearchEnv, pf: PreflightSpec, cancel: Cancellable | None) -> str | None:
@@ -276,19 +278,6 @@ class Preflight:
             "CUDA_VISIBLE_DEVICES": "",
         }
 
-    def _sandboxed(
-        self,
-        command: list[str],
-        box: Box,
-        env_vars: dict[str, str],
-        limits: Limits,
-        log_path: Path,
-        stop: StopFlag,
-        on_line=None,  # noqa: ANN001 - Callable[[str], None] | None
-    ) -> SandboxResult:
-        return self.runner.run_command(
-            command, box, env_vars, limits, log_path, stop, on_line=on_line, grace_s=self.grace_s
-        )
 
     @staticmethod
     def _add(cost: PreflightCost, res: SandboxResult) -> PreflightCost:
