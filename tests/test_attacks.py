@@ -565,6 +565,7 @@ time.sleep(1)
     assert all(rig.store.get_bytes(c) != b"host secret" for c in ckpts)
 
 
+@pytest.mark.slow  # over 1 s: in the full suite, not the fast tier
 def test_daemon_does_not_survive_the_run(rig):
     token = f"daemon-{uuid.uuid4().hex}"
     attack = f"""

@@ -116,3 +116,14 @@ def test_labelled_pairs_embedding_precision_recall(monkeypatch):
     assert not d.is_duplicate(
         "KL penalty 0.05 to the reference policy.", "KL penalty 0.1 to the reference policy."
     )
+
+
+def test_no_ideas_load_no_model(monkeypatch):
+    """An ideator reply with no ideas is deduplicated without loading the embedding model (seconds)."""
+    from ideaforge.llm import dedup
+
+    def refuse() -> None:
+        raise AssertionError("the embedding model was loaded for no ideas")
+
+    monkeypatch.setattr(dedup, "load_embedder", refuse)
+    assert drop_duplicates([], [summary("Cosine", COSINE)]) == ([], 0)

@@ -87,6 +87,7 @@ NOT_EQUIVALENT = [
 ]
 
 
+@pytest.mark.slow  # over 1 s: in the full suite, not the fast tier
 def test_grader_agrees_with_the_answer_table(monkeypatch: pytest.MonkeyPatch) -> None:
     with env_modules("grpo_math", monkeypatch) as m:
         eq = m["answer"].equivalent

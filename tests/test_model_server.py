@@ -160,6 +160,7 @@ def test_a_crashing_model_fails_the_evaluation_with_the_servers_error(served):
     assert "the model server exited with 1" in res.error and "broken on purpose" in res.error
 
 
+@pytest.mark.slow  # over 1 s: in the full suite, not the fast tier
 def test_a_model_server_that_will_not_exit_is_stopped(served, monkeypatch):
     monkeypatch.setattr(runner_module, "SERVE_EXIT_GRACE_S", 1.0)
     hang = (SERVED.baseline / "model.py").read_text() + "\nimport atexit, time\natexit.register(time.sleep, 3600)\n"

@@ -57,6 +57,7 @@ PARAPHRASES = [
 ]
 
 
+@pytest.mark.slow  # over 1 s (loads the embedding model): in the full suite, not the fast tier
 def test_semantic_diversity_uses_the_dedup_embeddings_and_falls_back_with_dedup(monkeypatch):
     """Paraphrases of one idea: the sentence embeddings see one meaning, the trigram fallback sees different
     words. The fallback is taken exactly where dedup takes it (IDEAFORGE_DEDUP=lexical)."""
@@ -71,14 +72,23 @@ def test_semantic_diversity_uses_the_dedup_embeddings_and_falls_back_with_dedup(
     assert dispersion(DIVERSE) > dispersion(PARAPHRASES) > 0  # the fallback still orders the groups
 
 
-def test_collapse_metrics_partial_collapse_is_in_between():
+@pytest.mark.parametrize(
+    "backend", ["lexical", pytest.param("auto", marks=pytest.mark.slow)]  # auto: the embedding model, over 1 s
+)
+def test_collapse_metrics_partial_collapse_is_in_between(backend, monkeypatch):
+    from ideaforge.llm.dedup import BACKEND_ENV
+
+    monkeypatch.setenv(BACKEND_ENV, backend)
     half = DIVERSE[:4] + COLLAPSED[:4]
     ok = [True] * 8
     d = [collapse_metrics(x, [0.0] * 8, ok).semantic_diversity for x in (COLLAPSED, half, DIVERSE)]
     assert d[0] < d[1] < d[2]
 
 
-def test_collapse_metrics_execution_rate_and_bad_input():
+def test_collapse_metrics_execution_rate_and_bad_input(monkeypatch):
+    from ideaforge.llm.dedup import BACKEND_ENV
+
+    monkeypatch.setenv(BACKEND_ENV, "lexical")  # the rate and the refusals do not depend on the embeddings
     m = collapse_metrics(DIVERSE[:4], [0, 0, 0, 0], [True, False, False, True])
     assert m.execution_rate == 0.5
     with pytest.raises(ValueError, match="at least one"):

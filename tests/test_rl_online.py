@@ -399,6 +399,7 @@ def test_rl_cli_refuses_a_bad_config_and_says_when_temporal_is_down(settings: Se
     assert p.returncode == 1 and "already holds a model" in p.stderr
 
 
+@pytest.mark.slow  # over 1 s: in the full suite, not the fast tier
 def test_rl_start_names_the_queues_no_worker_serves(temporal_env) -> None:
     """An RL campaign needs the orchestrator, cpu and rl queues: `rl start` names each one no worker polls
     (in a namespace of its own, so no other test's workers count)."""

@@ -283,7 +283,9 @@ def drop_duplicates(
     ideas: list[Idea], archive: list[IdeaSummary], threshold: float | None = None, backend: Backend = "auto"
 ) -> tuple[list[Idea], int]:
     """Ideas that are neither duplicates of the archive (outside their own lineage) nor of an earlier idea in
-    ``ideas``. Returns (kept ideas in their original order, number rejected)."""
+    ``ideas``. Returns (kept ideas in their original order, number rejected). No ideas load no model."""
+    if not ideas:
+        return [], 0
     if backend == "auto":  # resolved now, as Deduper does: a later IDEAFORGE_DEDUP is not shadowed by the cache
         backend = os.environ.get(BACKEND_ENV, "auto")  # type: ignore[assignment]
     key = (backend, threshold)
