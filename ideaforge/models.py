@@ -566,6 +566,18 @@ class Progress(Strict):
     # device time of every attempt of this experiment so far, this one up to this heartbeat: a retry starts
     # from it, so an attempt whose worker died is counted up to its last heartbeat
     device_time: DeviceTime = Field(default_factory=DeviceTime)
+    # the curve and train log of the attempts so far up to the checkpoint (an AttemptHistory in the store): an
+    # attempt resumed from the checkpoint reports the whole run, not only the steps it trained itself
+    history: ArtifactRef | None = None
+
+
+class AttemptHistory(Strict):
+    """What earlier attempts of one experiment trained up to a checkpoint: carried into the attempt resumed
+    from it (another worker, often another host), so its curve and log cover the run from step 1."""
+
+    step: int  # the checkpoint's step: points after it were trained again by the resumed attempt
+    curve: list[CurvePoint] = Field(default_factory=list)
+    log: str = ""  # the train log up to the checkpoint (head and tail when long)
 
 
 # --------------------------------------------------------------------------- activity payloads

@@ -367,12 +367,23 @@ def test_checkpoint_then_resume(rig):
     assert last.checkpoint_step == 5 and last.checkpoint is not None
     assert _work_dirs(rig) == []
 
+    assert last.history is not None  # the curve and log up to the checkpoint travel with it
+
     resumed_beats: list[Progress] = []
     res = rig.run(code, profile="slow", resume=last, heartbeat=resumed_beats.append)
     assert res.status == "ok" and res.resumed_from_step == 5
-    assert res.curve[0].step == 6 and res.curve[-1].step == 40
-    assert "resumed from step 5" in rig.store.get_text(res.log)
-    assert resumed_beats[0].step > 5
+    # the whole run: steps 1-5 from the first attempt (another worker, in production), 6-40 from this one
+    assert [p.step for p in res.curve] == list(range(1, 41))
+    text = rig.store.get_text(res.log)
+    earlier, _, rest = text.partition("===== train =====")
+    assert "earlier attempts up to the checkpoint" in earlier and '{"step": 5,' in earlier
+    assert "resumed from step 5" in rest and '{"step": 5,' not in rest
+    assert resumed_beats[0].step > 5 and resumed_beats[0].history == last.history
+
+    # a history that cannot be read: the run still resumes, its curve starts at the checkpoint
+    lost = last.model_copy(update={"history": ArtifactRef(uri=rig.store.uri_for("cas/history/00/00"), sha256="0" * 64, size=1)})
+    res = rig.run(code, profile="slow", resume=lost)
+    assert res.status == "ok" and res.resumed_from_step == 5 and res.curve[0].step == 6
 
 
 def test_resume_with_a_lost_checkpoint_starts_over(rig):
@@ -717,7 +728,7 @@ def test_retry_resumes_from_checkpoint_through_temporal(tmp_path, temporal_env):
 
     res = asyncio.run(main())
     assert res.status == "ok" and res.resumed_from_step == 5
-    assert res.curve[0].step == 6
+    assert [p.step for p in res.curve] == list(range(1, 41))  # steps 1-5 came with the checkpoint's history
     # the failed attempt's slot-seconds came back through the server's heartbeat details and are summed
     assert res.device_time.attempts == 2
     assert res.device_time.cpu_slot_seconds > res.finished_at - res.started_at

@@ -38,7 +38,15 @@ from pathlib import Path
 from typing import Any
 
 from ideaforge.config import Settings
-from ideaforge.models import ArtifactRef, FailureCategory, Progress, Resources, RunRequest, RunResult
+from ideaforge.models import (
+    ArtifactRef,
+    AttemptHistory,
+    FailureCategory,
+    Progress,
+    Resources,
+    RunRequest,
+    RunResult,
+)
 from ideaforge.research_envs.registry import EnvError, ResearchEnv, expand_command, load_env
 from ideaforge.run.codetree import remove_files, restore_protected, shadowing_files, unpack_code
 from ideaforge.run.datacache import DataCache, PrepareError
@@ -134,6 +142,11 @@ class AttemptDirs:
     @property
     def eval_log(self) -> Path:
         return self.root / "eval.log"
+
+    @property
+    def earlier_train_log(self) -> Path:
+        """The train log of the attempts before a resume, up to their checkpoint."""
+        return self.root / "train-earlier.log"
 
     def serve_log(self, instance: int = 0) -> Path:
         return self.root / ("serve.log" if instance == 0 else f"serve-{instance}.log")
@@ -350,6 +363,8 @@ class ExperimentRunner:
                 )
             except StorageError as e:
                 log.warning("%s: checkpoint %s unusable (%s); starting from scratch", req.idea_id, resume.checkpoint.uri, e)
+            else:
+                await self._carry_history(resume, state, dirs, req.idea_id)
 
         # ---- train
         write_cap = int(res.max_write_mb * MB)
@@ -464,12 +479,46 @@ class ExperimentRunner:
         except (StorageError, ValueError, OSError) as e:
             log.warning("checkpoint %s not uploaded: %s", ckpt.path, e)
             return
+        try:
+            history = await asyncio.to_thread(self._store_history, dirs, state, ckpt.step)
+        except StorageError as e:  # the checkpoint still resumes; the resumed curve and log start there
+            log.warning("history up to checkpoint step %d not stored: %s", ckpt.step, e)
+            history = None
         state.progress = state.progress.model_copy(
-            update={"checkpoint": ref, "checkpoint_step": ckpt.step, "elapsed_s": state.elapsed()}
+            update={"checkpoint": ref, "checkpoint_step": ckpt.step, "elapsed_s": state.elapsed(), "history": history}
         )
         if heartbeat:
             last_beat[0] = now
             heartbeat(state.progress)
+
+    def _store_history(self, dirs: AttemptDirs, state: TrainState, step: int) -> ArtifactRef:
+        """The curve and train log of every attempt so far up to checkpoint ``step``, as an AttemptHistory."""
+        text = state.earlier_log
+        if dirs.train_log.is_file():
+            text += read_capped(dirs.train_log, self.log_cap_bytes).decode(errors="replace")
+        history = AttemptHistory(
+            step=step,
+            curve=downsample([p for p in state.curve if p.step <= step]),
+            log=cap_text(text.encode(), self.log_cap_bytes).decode(errors="replace"),
+        )
+        return self.store.put_bytes(history.model_dump_json().encode(), "history")
+
+    async def _carry_history(self, resume: Progress, state: TrainState, dirs: AttemptDirs, idea_id: str) -> None:
+        """Start a resumed attempt's curve and log with what the attempts before it trained up to the checkpoint
+        (nothing when the heartbeat carried no history, or it cannot be read: the curve then starts there)."""
+        if resume.history is None:
+            return
+        try:
+            raw = await asyncio.to_thread(self.store.get_bytes, resume.history)
+            history = AttemptHistory.model_validate_json(raw)
+        except (StorageError, ValueError) as e:
+            log.warning("%s: history %s unusable (%s); the curve starts at the checkpoint", idea_id, resume.history.uri, e)
+            return
+        step = resume.checkpoint_step or 0
+        state.curve = [p for p in history.curve if p.step <= step]
+        state.earlier_log = history.log
+        state.progress = state.progress.model_copy(update={"history": resume.history})
+        dirs.earlier_train_log.write_text(history.log)
 
     def _upload_checkpoint(self, dirs: AttemptDirs, path_text: str, cap: int) -> ArtifactRef:
         """Stream a checkpoint under IDEAFORGE_OUT to the store (symlinks and paths outside ``out`` refused)."""
@@ -649,7 +698,8 @@ class ExperimentRunner:
         servers = []
         while dirs.serve_log(len(servers)).is_file():
             servers.append((f"model server {len(servers)}", dirs.serve_log(len(servers))))
-        for name, p in (("train", dirs.train_log), ("eval", dirs.eval_log), *servers):
+        earlier = ("train, earlier attempts up to the checkpoint", dirs.earlier_train_log)
+        for name, p in (earlier, ("train", dirs.train_log), ("eval", dirs.eval_log), *servers):
             if p.is_file():
                 parts.append(f"===== {name} =====\n".encode() + read_capped(p, self.log_cap_bytes))
         if error and not parts:

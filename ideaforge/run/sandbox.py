@@ -582,6 +582,7 @@ def _pump(
                 res.output_bytes += len(chunk)
                 if log_file and allowed:
                     log_file.write(chunk[:allowed])
+                    log_file.flush()  # on disk before on_line sees it: a checkpoint line stores the log so far
                 if len(chunk) > allowed and not res.output_limited:
                     res.output_limited = True
                     if log_file:
