@@ -1052,6 +1052,19 @@ class RLSamples(Strict):
     model: str  # which served model (adapter) produced them
     usage: Usage = Field(default_factory=Usage)
 
+    def first_of_each_idea(self) -> list[int]:
+        """For each sample, the index of the first sample holding the same idea (title and text equal up to case
+        and whitespace): a group that repeats an idea executes it once. A sample with no idea is its own."""
+        first: dict[str, int] = {}
+        out = []
+        for j, s in enumerate(self.samples):
+            if s.title is None or s.text is None:
+                out.append(j)
+                continue
+            key = " ".join(f"{s.title}\n{s.text}".lower().split())
+            out.append(first.setdefault(key, j))
+        return out
+
 
 class RLScored(Strict):
     completion: str

@@ -49,8 +49,19 @@ from ideaforge.models import (
     RecordIdeaRequest,
     RecordResult,
     Resources,
+    RLCampaignConfig,
+    RLCampaignInput,
+    RLConfig,
+    RLLoadAdapterRequest,
+    RLResumePoint,
+    RLSample,
+    RLSampleRequest,
+    RLSamples,
+    RLStepRequest,
+    RLStepResult,
     RunRequest,
     RunResult,
+    StepMetrics,
     Usage,
 )
 from ideaforge.names import campaign_workflow_id
@@ -58,6 +69,7 @@ from ideaforge.research_envs.registry import load_env
 from ideaforge.store.artifacts import LocalStore
 from ideaforge.workflows.campaign import CampaignWorkflow
 from ideaforge.workflows.idea import IdeaWorkflow
+from ideaforge.workflows.rl_campaign import RLCampaignWorkflow
 
 FIXTURES = [Path(__file__).parent / "fixtures" / "envs"]
 TEST_SERVER = shutil.which("temporal-test-server") or str(Path(__file__).parents[1] / ".venv/bin/temporal-test-server")
@@ -651,3 +663,75 @@ def test_cancel_stops_the_campaign_and_its_ideas_in_flight(temporal_env, stubs, 
     assert seen["campaign"] == WorkflowExecutionStatus.CANCELED, seen
     assert seen["states"] and all(s == WorkflowExecutionStatus.CANCELED for s in seen["states"]), seen
     assert seen["training"] == (0, []), "training stopped early (cancelled through its heartbeats), none runs on"
+
+
+@pytest.mark.slow  # a time-skipping campaign: seconds
+def test_rl_group_that_repeats_an_idea_executes_it_once(env, stubs, tmp_path) -> None:
+    """A collapsing ideator samples the same idea twice in a group (case and spacing aside): it trains once, and
+    both replies get its reward for the GRPO update. A reply with no idea still gets the failure reward."""
+    replies = [
+        RLSample(completion="a", title="idea 1", text="Warm up the learning rate."),
+        RLSample(completion="b", title="Idea 1 ", text="warm  up the learning rate."),  # the same idea again
+        RLSample(completion="c", title="idea 2", text="Use a cosine schedule."),
+        RLSample(completion="d"),  # no idea in the reply
+    ]
+    updates: list[RLStepRequest] = []
+
+    @activity.defn(name=names.RL_RESUME)
+    async def rl_resume(run_name: str) -> RLResumePoint:
+        return RLResumePoint()
+
+    @activity.defn(name=names.RL_SAMPLE)
+    async def rl_sample(req: RLSampleRequest) -> RLSamples:
+        return RLSamples(step=req.step, messages=[{"role": "user", "content": "ideas"}], samples=replies, model="base")
+
+    @activity.defn(name=names.RL_UPDATE)
+    async def rl_update(req: RLStepRequest) -> RLStepResult:
+        updates.append(req)
+        rewards = [s.reward for s in req.scored]
+        metrics = StepMetrics(
+            mean_reward=sum(rewards) / len(rewards), max_reward=max(rewards), distinct_ideas=2, distinct_fraction=0.5,
+            semantic_diversity=0.0, category_entropy=0.0, reply_length=1.0, reasoning_length=0.0,
+            execution_rate=0.75, n=len(rewards),
+        )  # fmt: skip
+        return RLStepResult(step=req.step, adapter=code_ref(0, "adapter"), adapter_name="a1", metrics=metrics)
+
+    @activity.defn(name=names.RL_LOAD_ADAPTER)
+    async def rl_load_adapter(req: RLLoadAdapterRequest) -> str:
+        return req.adapter_name
+
+    name = f"rl{uuid.uuid4().hex[:6]}"
+    cfg = RLCampaignConfig(
+        name=name, env="toy_quad", model_path=str(tmp_path), rl=RLConfig(run_name=name, steps=1, num_generations=4)
+    )
+    store = LocalStore(tmp_path / "store")
+    acts = stubs.activities(CampaignActivities(Settings(home=tmp_path / "home", env_paths=FIXTURES), store))
+    train = [a for a in acts if a.__name__ == "run_experiment"]
+    checks = [a for a in acts if a.__name__ == "preflight"]
+
+    async def main():
+        client = env.client
+        workers = [
+            Worker(client, task_queue=names.ORCHESTRATOR_QUEUE, workflows=[RLCampaignWorkflow, IdeaWorkflow]),
+            Worker(client, task_queue=names.CPU_QUEUE,
+                   activities=[a for a in acts if a not in train + checks] + [rl_resume, rl_sample]),
+            Worker(client, task_queue=names.PREFLIGHT_QUEUE, activities=checks),
+            Worker(client, task_queue=stubs.spec.resources_for("default").task_queue, activities=train),
+            Worker(client, task_queue=names.RL_QUEUE, activities=[rl_update, rl_load_adapter]),
+        ]  # fmt: skip
+        async with workers[0], workers[1], workers[2], workers[3], workers[4]:
+            return await client.execute_workflow(
+                RLCampaignWorkflow.run, RLCampaignInput(config=cfg), id=f"rl-{cfg.name}",
+                task_queue=names.ORCHESTRATOR_QUEUE,
+            )  # fmt: skip
+
+    result = asyncio.run(asyncio.wait_for(main(), 180))
+    assert result.steps_done == 1
+    # the baseline, then idea 1 and idea 2 trained once each; the repeat of idea 1 did not train
+    assert sorted(stubs.trained) == sorted([f"campaign-{cfg.name}/e000/i00", f"campaign-{cfg.name}/e001/i00",
+                                            f"campaign-{cfg.name}/e001/i02"])  # fmt: skip
+    [update] = updates
+    r = [s.reward for s in update.scored]
+    assert r[0] == r[1] and r[0] != r[2], r
+    assert [s.executed for s in update.scored] == [True, True, True, False]
+    assert r[3] == stubs.spec.reward.failure_reward

@@ -5,7 +5,8 @@ First the baseline runs once (its metric is what every reward is measured agains
    the adapter of step k-1 (the base model at step 1);
 2. each reply that holds an idea runs as a normal IdeaWorkflow child (implement -> package -> train ->
    evaluate -> record), ids ``campaign-<name>/e<k>/i<j>``; its reward is the child's (env reward against the
-   baseline, or the env's failure reward); a reply without an idea gets the failure reward, not executed;
+   baseline, or the env's failure reward); a reply without an idea gets the failure reward, not executed; a
+   reply repeating an earlier reply's idea (a collapsing ideator's group) shares that reply's run and reward;
 3. ``rl_update`` on the ``rl`` queue: one GRPO update on (prompt, replies, rewards), checkpointed to the store;
 4. ``rl_load_adapter``: the new adapter is loaded into the server, and step k+1 samples from it.
 Durability: the samples of the step in progress are workflow state, the children are workflows, the update is
@@ -64,6 +65,7 @@ TRAIN_RETRY = RetryPolicy(
     non_retryable_error_types=["RLStateError", "ValueError", "ValidationError", "FileNotFoundError"],
 )
 MAX_NOTES = 10
+SAME_IDEA_ONCE = "rl-same-idea-once"  # workflow.patched id: a group that repeats an idea executes it once
 
 
 @workflow.defn(name="RLCampaignWorkflow")
@@ -161,8 +163,12 @@ class RLCampaignWorkflow:
                 retry_policy=SAMPLE_RETRY,
             )
         samples = st.pending
-        self._phase = f"step {k}: executing {len(samples.samples)} ideas"
-        outcomes = await asyncio.gather(*(self._execute(spec, k, j) for j in range(len(samples.samples))))
+        n = len(samples.samples)
+        twin = samples.first_of_each_idea() if workflow.patched(SAME_IDEA_ONCE) else list(range(n))
+        run = sorted(set(twin))
+        self._phase = f"step {k}: executing {len(run)} ideas" + (f" ({n - len(run)} repeats)" if len(run) < n else "")
+        ran = dict(zip(run, await asyncio.gather(*(self._execute(spec, k, j) for j in run)), strict=True))
+        outcomes = [ran[twin[j]] for j in range(n)]  # a repeated idea gets its first sample's outcome
         scored = []
         for s, o in zip(samples.samples, outcomes, strict=True):
             ok = o is not None and o.summary.status == "ok"
