@@ -273,9 +273,13 @@ def test_whole_file_block_is_diffed_against_the_file_it_names():
     files = {"train.py": "LR = 0.1\nSTEPS = 20\n\n\ndef main():\n    pass\n", "other.py": "X = 1\n"}
     reply = "Updated `train.py`:\n```python\nLR = 0.05\nSTEPS = 20\n\n\ndef main():\n    pass\n```\n"
     assert read_answer(reply, files).files == {"train.py": files["train.py"].replace("0.1", "0.05")}
+    # a fragment of whole definitions replaces the one definition of that name (only train.py has main)
     fragment = "```python\ndef main():\n    print(1)\n```\n"
-    with pytest.raises(PatchError, match="fragment|does not clearly match"):
-        read_answer(fragment, files)
+    assert read_answer(fragment, files).files == {"train.py": files["train.py"].replace("pass", "print(1)")}
+    # a fragment that is not only definitions, or names what no file (or several) defines, stays refused
+    for bad in ("```python\nLR = 0.2\nprint(LR)\n```\n", "```python\ndef helper():\n    return 1\n```\n"):
+        with pytest.raises(PatchError, match="fragment|does not clearly match|no single editable file"):
+            read_answer(bad, files)
 
 
 def test_correction_replaces_and_supplement_adds():
@@ -301,3 +305,43 @@ def test_search_replace_in_an_unclosed_fence_is_cut_off():
     reply = "m.py\n```\n<<<<<<< SEARCH\nVALUE = 3\n=======\nVALUE = 4\n>>>>>>> REPLACE\n\n<<<<<<< SEARCH\n    y = x"
     with pytest.raises(PatchError, match="cut off"):
         read_answer(reply, BASE)
+
+
+# --------------------------------------------------------------------------- fragments of whole definitions
+
+DEFS = (
+    '"""Module."""\n\nimport os\n\n\n@decorate(1)\ndef top(x):\n    return x\n\n\n'
+    "class A:\n    def f(self):\n        return 1\n\n    @staticmethod\n    def g():\n        return 2\n\n\n"
+    "class B:\n    def f(self):\n        return 3\n"
+)
+
+
+def test_definitions_replace_their_one_place_reindented_with_decorators_and_imports():
+    from ideaforge.patch.definitions import replace_definitions
+
+    # a method given unindented goes back at its class's indentation, with its decorator
+    new = replace_definitions(["@staticmethod", "def g():", "    return 20"], DEFS, "m.py")
+    assert "\n".join(new) == DEFS.replace("        return 2\n", "        return 20\n").rstrip("\n")
+    # a decorated function is replaced from its decorator on; a new import goes after the file's imports
+    new = "\n".join(replace_definitions(["import math", "", "@decorate(2)", "def top(x):", "    return math.e"], DEFS, "m.py"))
+    assert "import os\nimport math\n" in new and "@decorate(2)\ndef top(x):\n    return math.e\n" in new
+    assert "@decorate(1)" not in new and new.count("def top") == 1
+    # a class given with some of its methods: those are replaced, the others stay
+    new = "\n".join(replace_definitions(["class A:", "    def f(self):", "        return 10"], DEFS, "m.py"))
+    assert "return 10" in new and "return 2" in new and "return 3" in new
+
+
+def test_definitions_that_are_not_unambiguous_are_refused():
+    from ideaforge.patch.definitions import replace_definitions
+
+    cases = {
+        "defines 2 times": ["def f(self):", "    return 0"],  # A.f and B.f
+        "does not have": ["def h():", "    return 0"],
+        "other than whole definitions": ["X = 1", "def top(x):", "    return 0"],
+        "changes the header": ["class A(Base):", "    def f(self):", "        return 0"],
+        "elision": ["def top(x):", "    # ... rest unchanged ...", "    return 0"],
+        "does not parse": ["def top(x:", "    return 0"],
+    }
+    for why, block in cases.items():
+        with pytest.raises(PatchError, match=why):
+            replace_definitions(block, DEFS, "m.py")

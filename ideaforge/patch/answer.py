@@ -5,7 +5,8 @@ One entry point, :func:`apply_answer`, used by the implementer and by the benchm
 1. pick the part of the reply that is the change: after "Wait, here is the corrected diff" the correction
    (when it covers everything the first diff changed), before "Alternatively, ..." the main change;
 2. read it as SEARCH/REPLACE blocks, else as a unified diff (repaired by :mod:`ideaforge.patch.repair`), else as
-   whole files in fenced blocks (elision comments such as ``# ... existing code ...`` expanded from the file);
+   whole files in fenced blocks (elision comments such as ``# ... existing code ...`` expanded from the file),
+   else as whole definitions replacing the file's one definition of each name (:mod:`ideaforge.patch.definitions`);
 3. refuse protected files and paths outside the tree, and any changed Python file that no longer compiles;
 4. write the result into the tree.
 
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ideaforge.patch.apply import PatchError, refuse_protected
+from ideaforge.patch.definitions import file_defining, replace_definitions
 from ideaforge.patch.repair import (
     ELISION_RE,
     DirFiles,
@@ -297,7 +299,8 @@ def _check_correction_covers(first: str, later: str, base: Mapping[str, str]) ->
 
 def whole_files(text: str, base: Mapping[str, str], editable: list[str] | None) -> dict[str, str]:
     """Files given whole in fenced code blocks: each block is matched to a file by a path mention or by
-    similarity, elisions are expanded from the file, and a block that is only a fragment is refused."""
+    similarity, elisions are expanded from the file; a block that is not the whole file is applied only as whole
+    definitions, each replacing the file's one definition of that name (else refused)."""
     lines = text.split("\n")
     candidates = [p for p in (editable or list(base)) if p in base]
     blocks = [b for b in fenced_blocks(text) if _is_code_block(b)]
@@ -313,14 +316,27 @@ def whole_files(text: str, base: Mapping[str, str], editable: list[str] | None) 
         )
     out: dict[str, str] = {}
     for b in blocks:
-        path = _block_target(b, lines, candidates, base)
+        try:
+            path = _block_target(b, lines, candidates, base)
+        except PatchError:  # a block of definitions only one file has: "replace make_norm with this"
+            path = file_defining(b.lines, candidates, base)
+            if path is None:
+                raise
         if path in out:
             raise PatchError(f"the reply gives {path} twice in full; nothing was applied. Send one version")
         body = b.lines
         if body and _names_file(body[0], [path]):
             body = body[1:]  # "# train.py" header comment
         content = expand_elisions(body, base[path].splitlines(), path)
-        _check_whole(content, base[path], path)
+        try:
+            _check_whole(content, base[path], path)
+        except PatchError as fragment:  # not the whole file: whole definitions, each replacing the file's one
+            if not path.endswith(".py"):
+                raise
+            try:
+                content = replace_definitions(body, base[path], path)
+            except PatchError as e:
+                raise PatchError(f"the code block for {path} is a fragment, not the whole file; {e}") from fragment
         eol = "\r\n" if "\r\n" in base[path] else "\n"
         out[path] = eol.join(content) + (eol if base[path].endswith(("\n", "\r")) else "")
     return out

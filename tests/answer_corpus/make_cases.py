@@ -270,8 +270,8 @@ case("whole_file", "fragment_only", "tiny_gpt",
      "        super().__init__()\n        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)\n"
      "        self.out = nn.Linear(4 * cfg.n_embd, cfg.n_embd)\n\n"
      "    def forward(self, x: torch.Tensor) -> torch.Tensor:\n        h = self.fc(x)\n"
-     "        return self.out(F.silu(h) * h)\n```\n", None,
-     "a fragment in a code block, not a whole file and not a diff: where it goes is a guess")
+     "        return self.out(F.silu(h) * h)\n```\n", GPT_SWIGLU,
+     "a fragment of whole definitions: the file has one class MLP, which it replaces")
 _f = edited("nanogpt_speedrun", NANO_UNTIE)["model.py"]
 case("whole_file", "filename_in_fence", "nanogpt_speedrun", "```python model.py\n" + _f + "```\n", NANO_UNTIE)
 
@@ -394,6 +394,25 @@ case("unrecoverable", "syntax_error", "nanogpt_speedrun",
      '-        return self.out(F.gelu(self.fc(x), approximate="tanh"))\n'
      "+        return self.out(F.relu(self.fc(x)).square()\n```\n", None,
      "the added line has an unbalanced parenthesis: the file would not compile")
+
+# --------------------------------------------------------------------------- fragments of whole definitions
+case("whole_file", "fragment_method_of_class", "tiny_gpt",
+     "Only the MLP's forward changes (SwiGLU-style gating):\n\n```python\nclass MLP(nn.Module):\n"
+     "    def forward(self, x: torch.Tensor) -> torch.Tensor:\n        h = self.fc(x)\n"
+     "        return self.out(F.silu(h) * h)\n```\n", GPT_SWIGLU,
+     "a class given with one of its methods: that method is replaced, __init__ stays")
+case("whole_file", "fragment_function_other_file", "tiny_gpt",
+     "Replace `lr_at` with a cosine decay:\n\n```python\ndef lr_at(step: int, total: int) -> float:\n"
+     '    """Learning rate for ``step`` of ``total``: cosine decay to zero."""\n'
+     "    return LEARNING_RATE * 0.5 * (1 + math.cos(math.pi * step / total))\n```\n", GPT_COS,
+     "one function that only train.py defines: it is replaced there")
+case("unrecoverable", "fragment_method_defined_four_times", "tiny_gpt",
+     "Use SiLU in forward:\n\n```python\n    def forward(self, x: torch.Tensor) -> torch.Tensor:\n"
+     "        return self.out(F.silu(self.fc(x)))\n```\n", None,
+     "model.py has four forward methods: which one it replaces is a guess")
+case("unrecoverable", "fragment_definition_and_statement", "tiny_gpt",
+     "```python\nLEARNING_RATE = 2e-3\n\ndef lr_at(step: int, total: int) -> float:\n    return LEARNING_RATE * 0.5\n```\n",
+     None, "a module-level statement beside a definition: where it goes is a guess")
 
 
 def main() -> None:
