@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from ideaforge.llm.ideator import LLMIdeator, parse_ideas, parse_ideas_lenient
+from ideaforge.llm.idea_reply import parse_ideas, parse_ideas_lenient
+from ideaforge.llm.ideator import LLMIdeator
 from ideaforge.llm.providers import make_ideator
 from ideaforge.models import IdeaSummary, IdeateRequest, ParentStats, ProviderConfig
 from ideaforge.names import idea_id
@@ -385,3 +386,33 @@ def test_parents_come_with_their_diff_and_their_childrens_outcomes(server, env, 
     exploit = next(r for r in server.requests if "Task: exploit" in r.prompt)
     assert "+LR = 0.05" in exploit.prompt, "the parent's diff is shown"
     assert "Children so far: 3" in exploit.prompt and "+0.1, failed" in exploit.prompt
+
+
+D = "Replace LayerNorm with RMSNorm in every block."
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        '{"ideas": [{"title": "RMSNorm", "description": "DESC",}]}'.replace("DESC", D),  # trailing comma
+        '{"ideas": [{"name": "RMSNorm", "details": "DESC"}]}'.replace("DESC", D),  # other field names
+        '{"ideas": [{"title": "RMSNorm", "description": "Replace LayerNorm\nwith RMSNorm everywhere."}]}',  # raw newline
+        "{'ideas': [{'title': 'RMSNorm', 'description': \"Don't keep LayerNorm: use RMSNorm.\"}]}",  # a Python dict
+        'Shape of a block:\n```python\nx = [1]\n```\nThe ideas:\n```json\n{"ideas": [{"title": "RMSNorm", '
+        '"description": "DESC"}]}\n```'.replace("DESC", D),  # the JSON in the second fence
+    ],
+    ids=["trailing_comma", "field_names", "raw_newline", "python_dict", "second_fence"],
+)
+def test_idea_replies_as_models_write_them(reply):
+    drafts, problems = parse_ideas_lenient(reply)
+    assert [d.title for d in drafts] == ["RMSNorm"] and problems == []
+
+
+def test_one_unreadable_idea_costs_only_itself():
+    reply = (
+        '{"ideas": [{"title": "Alpha idea", "description": "DESC"}, {"title": "Beta" "description": "no comma"}, '
+        '{"title": "Gamma idea", "description": "DESC"}]}'.replace("DESC", D)
+    )
+    drafts, problems = parse_ideas_lenient(reply)
+    assert [d.title for d in drafts] == ["Alpha idea", "Gamma idea"]
+    assert problems == [problems[0]] and problems[0].startswith("idea 2 is not valid JSON and was dropped")

@@ -16,17 +16,15 @@ import json
 import logging
 import math
 import random
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ideaforge.llm.budget import Budget
 from ideaforge.llm.client import Completion, LLMClient
 from ideaforge.llm.dedup import Deduper
 from ideaforge.llm.errors import BudgetExhausted, LLMError
+from ideaforge.llm.idea_reply import IdeaDraft, parse_ideas_lenient
 from ideaforge.llm.prompts import render, render_files
 from ideaforge.models import Idea, IdeaSummary, IdeateRequest, IdeateResult, ProviderConfig
 from ideaforge.names import idea_id
@@ -47,75 +45,6 @@ MAX_FAILURES_SHOWN = 20
 MAX_TITLES_SHOWN = 150
 MAX_DIFF_CHARS = 3_000
 MAX_IDEA_CHARS = 600
-
-
-class IdeaDraft(BaseModel):
-    """One idea as the model writes it."""
-
-    model_config = ConfigDict(extra="ignore")
-    title: str = Field(min_length=3, max_length=200)
-    description: str = Field(min_length=10, max_length=4000)
-    parent_ids: list[str] = Field(default_factory=list)
-
-
-class IdeaBatch(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    ideas: list[IdeaDraft]
-
-
-def parse_ideas(text: str) -> IdeaBatch:
-    """Validate a reply as ``{"ideas": [...]}`` (a JSON object, possibly fenced or wrapped in prose), strictly."""
-    t = _strip_fences(text)
-    starts = [k for k in (t.find("{"), t.find("[")) if k >= 0]
-    if not starts:
-        raise ValueError("no JSON object in the reply")
-    data, _ = json.JSONDecoder().raw_decode(t[min(starts) :])
-    if isinstance(data, list):
-        data = {"ideas": data}
-    return IdeaBatch.model_validate(data)
-
-
-def parse_ideas_lenient(text: str) -> tuple[list[IdeaDraft], list[str]]:
-    """The valid ideas of a reply, each validated on its own, and a problem per invalid one.
-
-    Accepts a reply cut mid-way (at the token limit): every idea object complete before the cut is kept.
-    """
-    t = _strip_fences(text)
-    m = re.search(r'"ideas"\s*:\s*\[', t)
-    if m:
-        pos = m.end()
-    else:
-        k = t.find("[")
-        if k < 0:
-            return [], ["reply is not valid JSON of the required shape: no JSON object with an ideas list"]
-        pos = k + 1
-    decoder = json.JSONDecoder()
-    drafts: list[IdeaDraft] = []
-    problems: list[str] = []
-    k = 0
-    while True:
-        while pos < len(t) and t[pos] in " \t\r\n,":
-            pos += 1
-        if pos >= len(t) or t[pos] == "]":
-            break
-        try:
-            item, pos = decoder.raw_decode(t, pos)
-        except json.JSONDecodeError:
-            if not drafts and not problems:
-                problems.append("reply is not valid JSON of the required shape: no complete idea object")
-            break  # the rest is cut or garbled: keep what was complete
-        k += 1
-        try:
-            drafts.append(IdeaDraft.model_validate(item))
-        except ValidationError as e:
-            problems.append(f"idea {k} is invalid and was dropped: {_short(e)}")
-    return drafts, problems
-
-
-def _strip_fences(text: str) -> str:
-    t = text.strip()
-    fenced = re.search(r"```(?:json)?\s*\n(.*?)(?:```|$)", t, re.S)
-    return fenced.group(1).strip() if fenced else t
 
 
 def read_editable(env: ResearchEnv, base: Path | None = None) -> dict[str, str]:
@@ -458,5 +387,3 @@ def _fmt(x: float | None) -> str:
     return "not measured yet" if x is None else f"{x:.4g}"
 
 
-def _short(e: Exception) -> str:
-    return " ".join(str(e).split())[:300]

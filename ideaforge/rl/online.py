@@ -23,7 +23,8 @@ import urllib.request
 from pathlib import Path
 
 from ideaforge.llm.client import LLMClient
-from ideaforge.llm.ideator import parse_ideas_lenient, system_prompt
+from ideaforge.llm.idea_reply import parse_ideas_lenient
+from ideaforge.llm.ideator import system_prompt
 from ideaforge.llm.prompts import render
 from ideaforge.models import (
     ArtifactRef,
