@@ -286,7 +286,9 @@ def _check_recorded(d: Deployment, campaign: str, summaries: list[IdeaSummary]) 
         dst = str(d.root / "downloads" / rid)
         assert run.info.artifact_uri.startswith("mlflow-artifacts:"), run.info.artifact_uri
         log = Path(ml.download_artifacts(rid, "train.log", dst)).read_text()
-        assert log.startswith("===== train =====\n"), log[:300]
+        # an idea resumed on another host starts with what the killed attempt trained up to its checkpoint
+        earlier = "===== train, earlier attempts up to the checkpoint =====\n"
+        assert log.startswith(("===== train =====\n", earlier)) and "===== train =====\n" in log, log[:300]
         assert any(rid in k and k.endswith("/train.log") for k in in_bucket), f"train.log of {rid} not in the bucket"
         if s.diff is not None:
             diff = Path(ml.download_artifacts(rid, "patch.diff", dst)).read_bytes()
@@ -377,6 +379,8 @@ def test_campaign_then_a_training_host_kill_on_the_deployment(deployment: Deploy
     assert outcome.summary.status == "ok", outcome.error
     assert outcome.run is not None and outcome.run.resumed_from_step is not None
     assert outcome.run.resumed_from_step >= 10
+    # the survivor read the killed attempt's curve from S3: the result covers the run from step 1
+    assert outcome.run.curve[0].step == 1 and outcome.run.curve[-1].step > outcome.run.resumed_from_step
     # device time: the killed attempt counts up to its last heartbeat (at least what we saw before the kill),
     # the attempt on the survivor on top of it
     spent = outcome.run.device_time
