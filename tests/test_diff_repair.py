@@ -345,3 +345,12 @@ def test_definitions_that_are_not_unambiguous_are_refused():
     for why, block in cases.items():
         with pytest.raises(PatchError, match=why):
             replace_definitions(block, DEFS, "m.py")
+
+
+def test_search_replace_naming_no_file_goes_to_the_one_file_holding_its_text():
+    files = {"a.py": "X = 1\nY = 2\n", "b.py": "Z = 3\nY = 2\n"}
+    block = "```\n<<<<<<< SEARCH\n{}\n=======\n{}\n>>>>>>> REPLACE\n```\n"
+    assert read_answer(block.format("X = 1", "X = 5"), files).files == {"a.py": "X = 5\nY = 2\n"}
+    for search in ("Y = 2", "W = 9"):  # in both files; in none
+        with pytest.raises(PatchError, match="names no file, and its text is in (a.py, b.py|no editable file)"):
+            read_answer(block.format(search, "Q = 0"), files)

@@ -147,7 +147,9 @@ def named_files(text: str, base: Mapping[str, str]) -> list[str]:
 
 def _interpret(part: str, base: Mapping[str, str], editable: list[str] | None) -> dict[str, str | None]:
     if has_search_replace(part):
-        edits = parse_search_replace(part)
+        # a block naming no file goes to the one editable file holding its SEARCH text (read only then)
+        files = base if editable is None else {k: base[k] for k in editable if k in base}
+        edits = parse_search_replace(part, files)
         for e in edits:
             e.file = resolve_path(e.file, list(base))
         return dict(apply_search_replace_fuzzy(edits, base.get))

@@ -844,8 +844,9 @@ def has_search_replace(text: str) -> bool:
     return any(_SR_START.match(line) for line in text.splitlines())
 
 
-def parse_search_replace(text: str) -> list[SearchReplace]:
-    """SEARCH/REPLACE blocks, each preceded by a line naming the file (plain, `backticked` or **bold**)."""
+def parse_search_replace(text: str, files: Mapping[str, str] | None = None) -> list[SearchReplace]:
+    """SEARCH/REPLACE blocks, each preceded by a line naming the file (plain, `backticked` or **bold**). With
+    ``files`` (path -> content), a block that names no file goes to the one file holding its SEARCH text."""
     lines = text.replace("\r\n", "\n").split("\n")
     edits: list[SearchReplace] = []
     path: str | None = None
@@ -856,7 +857,7 @@ def parse_search_replace(text: str) -> list[SearchReplace]:
             i += 1
             continue
         path = _path_before(lines, i, m.group(1)) or path
-        if path is None:
+        if path is None and files is None:
             raise PatchError(f"SEARCH block at line {i + 1} has no file path line before it")
         search, replace, j, part = [], [], i + 1, "search"
         while j < len(lines) and not _SR_END.match(lines[j]):
@@ -869,9 +870,27 @@ def parse_search_replace(text: str) -> list[SearchReplace]:
             raise PatchError(
                 f"SEARCH block at line {i + 1} ({path}) is not closed by '=======' and '>>>>>>> REPLACE'"
             )
-        edits.append(SearchReplace(file=path, search=_join(search), replace=_join(replace)))
+        file = path or _file_holding(search, files or {}, i + 1)
+        edits.append(SearchReplace(file=file, search=_join(search), replace=_join(replace)))
         i = j + 1
     return edits
+
+
+def _file_holding(search: list[str], files: Mapping[str, str], line: int) -> str:
+    """The one file whose lines hold ``search`` (compared stripped), for a SEARCH block that names no file."""
+    want = [s.strip() for s in search]
+    holding = []
+    for name, content in files.items():
+        have = [s.strip() for s in content.split("\n")]
+        if want and any(have[k : k + len(want)] == want for k in range(len(have) - len(want) + 1)):
+            holding.append(name)
+    if len(holding) != 1:
+        where = ", ".join(holding) if holding else "no editable file"
+        raise PatchError(
+            f"SEARCH block at line {line} names no file, and its text is in {where}: which file it edits is a "
+            "guess; nothing was applied. Put the file's path on the line before the block"
+        )
+    return holding[0]
 
 
 def _join(lines: list[str]) -> str:

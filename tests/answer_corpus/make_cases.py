@@ -414,6 +414,11 @@ case("unrecoverable", "fragment_definition_and_statement", "tiny_gpt",
      "```python\nLEARNING_RATE = 2e-3\n\ndef lr_at(step: int, total: int) -> float:\n    return LEARNING_RATE * 0.5\n```\n",
      None, "a module-level statement beside a definition: where it goes is a guess")
 
+case("search_replace", "no_file_named", "tiny_gpt",
+     "Swap the norm:\n\n```\n<<<<<<< SEARCH\ndef make_norm(dim: int) -> nn.Module:\n    return nn.LayerNorm(dim)\n"
+     "=======\ndef make_norm(dim: int) -> nn.Module:\n    return nn.RMSNorm(dim)\n>>>>>>> REPLACE\n```\n", GPT_RMS,
+     "a SEARCH block that names no file, whose text only model.py holds")
+
 
 def main() -> None:
     shutil.rmtree(HERE / "cases", ignore_errors=True)
