@@ -44,7 +44,6 @@ class TrainState:
     t0: float = field(default_factory=time.monotonic)
     curve: list[CurvePoint] = field(default_factory=list)
     nan_step: int | None = None
-    earlier_log: str = ""  # the train log of the attempts before a resume, up to its checkpoint
 
     def on_progress(self, data: dict[str, Any]) -> None:
         """Fold one progress payload in: curve points, the NaN step, the heartbeat progress."""

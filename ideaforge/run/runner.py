@@ -493,7 +493,8 @@ class ExperimentRunner:
 
     def _store_history(self, dirs: AttemptDirs, state: TrainState, step: int) -> ArtifactRef:
         """The curve and train log of every attempt so far up to checkpoint ``step``, as an AttemptHistory."""
-        text = state.earlier_log
+        earlier = dirs.earlier_train_log
+        text = earlier.read_text(encoding="utf-8") if earlier.is_file() else ""
         if dirs.train_log.is_file():
             text += read_capped(dirs.train_log, self.log_cap_bytes).decode(errors="replace")
         history = AttemptHistory(
@@ -516,9 +517,8 @@ class ExperimentRunner:
             return
         step = resume.checkpoint_step or 0
         state.curve = [p for p in history.curve if p.step <= step]
-        state.earlier_log = history.log
         state.progress = state.progress.model_copy(update={"history": resume.history})
-        dirs.earlier_train_log.write_text(history.log)
+        dirs.earlier_train_log.write_text(history.log, encoding="utf-8")  # heads this attempt's log and history
 
     def _upload_checkpoint(self, dirs: AttemptDirs, path_text: str, cap: int) -> ArtifactRef:
         """Stream a checkpoint under IDEAFORGE_OUT to the store (symlinks and paths outside ``out`` refused)."""
