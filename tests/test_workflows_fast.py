@@ -13,6 +13,7 @@ import shutil
 import time
 import uuid
 from collections import defaultdict
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -240,28 +241,38 @@ def config(**kw) -> CampaignConfig:
     return CampaignConfig.model_validate(base)
 
 
+def stub_workers(
+    client: Client, stubs: Stubs, store: LocalStore, tmp: Path, profile: str, workflows: list, cpu_extra=(), more=()
+) -> list[Worker]:
+    """Workers over the stubs, one per queue as a deployment splits them: ``workflows`` on the orchestrator
+    queue, training on the env's queue (``stubs.slots`` at once), the preflight on its own, the rest (and
+    ``cpu_extra``) on the cpu queue; ``more`` are further workers."""
+    acts = stubs.activities(CampaignActivities(Settings(home=tmp / "home", env_paths=FIXTURES), store))
+    train = [a for a in acts if a.__name__ == "run_experiment"]
+    checks = [a for a in acts if a.__name__ == "preflight"]
+    return [
+        Worker(client, task_queue=names.ORCHESTRATOR_QUEUE, workflows=workflows),
+        Worker(client, task_queue=names.CPU_QUEUE, activities=[*(a for a in acts if a not in train + checks), *cpu_extra]),
+        Worker(client, task_queue=names.PREFLIGHT_QUEUE, activities=checks),
+        Worker(
+            client,
+            task_queue=stubs.spec.resources_for(profile).task_queue,
+            activities=train,
+            max_concurrent_activities=stubs.slots,
+        ),
+        *more,
+    ]
+
+
 async def run_campaign(
     client: Client, stubs: Stubs, tmp: Path, cfg: CampaignConfig, during=None, search_attributes=None
 ):
     """Run ``cfg`` to its end on workers with the stubs; ``during(handle)`` runs alongside. Returns
     (result, store, handle). ``during`` may return a new handle (a campaign it restarted) to wait on."""
     store = LocalStore(tmp / "store")
-    real = CampaignActivities(Settings(home=tmp / "home", env_paths=FIXTURES), store)
-    acts = stubs.activities(real)
-    train = [a for a in acts if a.__name__ == "run_experiment"]
-    checks = [a for a in acts if a.__name__ == "preflight"]
-    workers = [
-        Worker(client, task_queue=names.ORCHESTRATOR_QUEUE, workflows=[CampaignWorkflow, IdeaWorkflow]),
-        Worker(client, task_queue=names.CPU_QUEUE, activities=[a for a in acts if a not in train + checks]),
-        Worker(client, task_queue=names.PREFLIGHT_QUEUE, activities=checks),
-        Worker(
-            client,
-            task_queue=stubs.spec.resources_for(cfg.profile).task_queue,
-            activities=train,
-            max_concurrent_activities=stubs.slots,
-        ),
-    ]
-    async with workers[0], workers[1], workers[2], workers[3]:
+    async with AsyncExitStack() as running:
+        for w in stub_workers(client, stubs, store, tmp, cfg.profile, [CampaignWorkflow, IdeaWorkflow]):
+            await running.enter_async_context(w)
         handle = await client.start_workflow(
             CampaignWorkflow.run,
             CampaignInput(config=cfg),
@@ -704,22 +715,14 @@ def test_rl_group_that_repeats_an_idea_executes_it_once(env, stubs, tmp_path) ->
     cfg = RLCampaignConfig(
         name=name, env="toy_quad", model_path=str(tmp_path), rl=RLConfig(run_name=name, steps=1, num_generations=4)
     )
-    store = LocalStore(tmp_path / "store")
-    acts = stubs.activities(CampaignActivities(Settings(home=tmp_path / "home", env_paths=FIXTURES), store))
-    train = [a for a in acts if a.__name__ == "run_experiment"]
-    checks = [a for a in acts if a.__name__ == "preflight"]
-
     async def main():
         client = env.client
-        workers = [
-            Worker(client, task_queue=names.ORCHESTRATOR_QUEUE, workflows=[RLCampaignWorkflow, IdeaWorkflow]),
-            Worker(client, task_queue=names.CPU_QUEUE,
-                   activities=[a for a in acts if a not in train + checks] + [rl_resume, rl_sample]),
-            Worker(client, task_queue=names.PREFLIGHT_QUEUE, activities=checks),
-            Worker(client, task_queue=stubs.spec.resources_for("default").task_queue, activities=train),
-            Worker(client, task_queue=names.RL_QUEUE, activities=[rl_update, rl_load_adapter]),
-        ]  # fmt: skip
-        async with workers[0], workers[1], workers[2], workers[3], workers[4]:
+        rl = Worker(client, task_queue=names.RL_QUEUE, activities=[rl_update, rl_load_adapter])
+        workers = stub_workers(client, stubs, LocalStore(tmp_path / "store"), tmp_path, "default",
+                               [RLCampaignWorkflow, IdeaWorkflow], cpu_extra=[rl_resume, rl_sample], more=[rl])  # fmt: skip
+        async with AsyncExitStack() as running:
+            for w in workers:
+                await running.enter_async_context(w)
             return await client.execute_workflow(
                 RLCampaignWorkflow.run, RLCampaignInput(config=cfg), id=f"rl-{cfg.name}",
                 task_queue=names.ORCHESTRATOR_QUEUE,
